@@ -1,0 +1,88 @@
+"""Loading SP4ASC-format checkpoints (``{"net": state_dict, "config": ..., ...}``), this project's
+own (same layout plus ``"format": "asc-deploy"``) and bare state dicts.
+
+Checkpoints are untrusted input: they are only ever read with ``torch.load(weights_only=True)``,
+which refuses pickled code instead of running it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asc_deploy.errors import AscError
+from asc_deploy.models.cnn6 import Cnn6
+
+OWN_FORMAT = "asc-deploy"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read from disk: its weights, training config and provenance."""
+
+    path: Path
+    sha256: str
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+    source: str = "sp4asc"  # "sp4asc", "asc-deploy" or "state_dict"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint file safely; raise :class:`AscError` naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise AscError("no such checkpoint file" if not path.exists() else "not a file", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise AscError("refused: the checkpoint contains pickled objects other than tensors and plain data "
+                           "(it could run code when loaded); re-save it as a plain state dict", path) from err
+        raise AscError(f"not a PyTorch checkpoint ({str(err).splitlines()[0]})", path) from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, zipfile errors... for non-checkpoints
+        raise AscError(f"not a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", path) from err
+    if isinstance(payload, dict) and isinstance(payload.get("net"), dict):
+        source = OWN_FORMAT if payload.get("format") == OWN_FORMAT else "sp4asc"
+        state_dict, config = payload["net"], payload.get("config") or {}
+    elif isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        source, state_dict, config = "state_dict", payload, {}
+    else:
+        raise AscError("not a model checkpoint: expected a dict with a 'net' state dict, or a state dict", path)
+    if not isinstance(config, dict):
+        raise AscError("checkpoint 'config' is not a mapping", path)
+    return Checkpoint(path=path, sha256=file_sha256(path), state_dict=state_dict, config=config, source=source)
+
+
+def _state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> list[str]:
+    problems = [f"missing {k}" for k in expected if k not in given]
+    problems += [f"unexpected {k}" for k in given if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(given[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and (not isinstance(given[k], torch.Tensor) or given[k].shape != v.shape)
+    ]
+    return problems
+
+
+def build_model(checkpoint: Checkpoint) -> Cnn6:
+    """The eval-mode :class:`Cnn6` holding the checkpoint's weights (strict: every key and shape)."""
+    model = Cnn6()
+    problems = _state_dict_mismatch(model.state_dict(), checkpoint.state_dict)
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise AscError(f"checkpoint does not match Cnn6_60k: {shown}", checkpoint.path)
+    model.load_state_dict(checkpoint.state_dict, strict=True)
+    return model.eval()

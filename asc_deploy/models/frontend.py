@@ -77,13 +77,15 @@ class LogMelFrontend(nn.Module):
         self.kept_k2 = n_fft // 2 // self.n1 + 1  # bins k2 of the inner DFT up to Nyquist
 
         def buffer(name: str, value: np.ndarray, dtype: torch.dtype = torch.float32) -> None:
-            self.register_buffer(name, torch.as_tensor(value, dtype=dtype), persistent=False)
+            # Persistent buffers become ONNX initializers, so the ops that expand them stay in the graph.
+            self.register_buffer(name, torch.as_tensor(value, dtype=dtype))
 
         window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
         outer, twiddle, inner = _dft_matrices(self.n1, self.n2)
         buffer("window", window.reshape(self.n1, self.n2))
         buffer("dft_outer", outer)
-        buffer("twiddle", twiddle)
+        buffer("twiddle_real", twiddle[0])
+        buffer("twiddle_imag", twiddle[1])
         buffer("dft_inner", inner)
 
         # Filterbank rows follow the DFT's output order k1 * kept_k2 + k2 (bin k = k1 + n1 * k2);
@@ -112,7 +114,7 @@ class LogMelFrontend(nn.Module):
         frames = torch.cat([chunks[:, :-1], chunks[:, 1:]], dim=-1).reshape(batch, -1, self.n1, self.n2)
         outer = torch.matmul(self.dft_outer, frames * self.window)  # (batch, frames, 2*n1, n2)
         real, imag = outer[..., : self.n1, :], outer[..., self.n1 :, :]
-        tw_real, tw_imag = self.twiddle[0], self.twiddle[1]
+        tw_real, tw_imag = self.twiddle_real, self.twiddle_imag
         twiddled = torch.cat([real * tw_real - imag * tw_imag, real * tw_imag + imag * tw_real], dim=-1)
         spectrum = torch.matmul(twiddled, self.dft_inner)  # (batch, frames, n1, 2*kept_k2)
         power = spectrum[..., : self.kept_k2] ** 2 + spectrum[..., self.kept_k2 :] ** 2

@@ -1,0 +1,65 @@
+"""The ONNX model contract shared by the exporter and the runtime (no torch here).
+
+Inputs: ``waveform`` float32 (batch, samples), mono 44.1 kHz, both axes dynamic. The TTA variant
+also takes ``time_stripes`` (passes, n, 2) and ``freq_stripes`` (passes, m, 2) int64 ``[start,
+width]`` in frames and mel bins. Outputs: ``logits`` and ``probs`` float32 (batch, classes); the
+TTA variant outputs ``probs`` only (mean softmax over passes). ``metadata_props`` hold the keys
+of :class:`ModelMetadata`, each a string (lists as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from asc_deploy.errors import AscError
+
+INPUT_WAVEFORM = "waveform"
+INPUT_TIME_STRIPES = "time_stripes"
+INPUT_FREQ_STRIPES = "freq_stripes"
+OUTPUT_LOGITS = "logits"
+OUTPUT_PROBS = "probs"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    labels: tuple[str, ...]
+    sample_rate: int  # Hz
+    n_fft: int  # samples
+    hop_length: int  # samples
+    mel_bins: int
+    clip_seconds: float  # clip length the model was trained on
+    precision: str  # "fp32", "fp16" or "int8" (CNN; the frontend is always float32)
+    variant: str  # "single" or "tta"
+    spec_aug: tuple[int, ...]  # [T, n, F, m] the TTA stripes are drawn with (empty: none)
+    targets: tuple[str, ...]  # runtimes whose operator lists the graph was checked against
+    checkpoint_sha256: str
+    package_version: str
+
+    def to_props(self) -> dict[str, str]:
+        """String key/value pairs for ONNX ``metadata_props``."""
+        return {k: json.dumps(list(v)) if isinstance(v, tuple) else str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str | Path = "<model>") -> ModelMetadata:
+        """Parse ``metadata_props``; :class:`AscError` naming ``source`` if a key is missing or bad."""
+        values = {}
+        try:
+            for f in fields(cls):
+                raw = props[f.name]
+                if f.type.startswith("tuple"):
+                    values[f.name] = tuple(json.loads(raw))
+                elif f.type == "int":
+                    values[f.name] = int(raw)
+                elif f.type == "float":
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+        except KeyError as err:
+            raise AscError(f"not an asc-deploy model: metadata key {err} is missing", source) from err
+        except (ValueError, TypeError) as err:
+            raise AscError(f"bad model metadata ({err})", source) from err
+        if values["variant"] not in ("single", "tta"):
+            raise AscError(f"bad model metadata: unknown variant {values['variant']!r}", source)
+        return cls(**values)

@@ -17,7 +17,8 @@ Length policy (all lengths in samples at 44.1 kHz, after resampling)
 
 Memory
     :func:`iter_windows` streams: it reads and resamples blocks of at most about 1 Mi values
-    (4 MiB) and keeps at most about two windows, so a one-hour file takes a few MiB.
+    (4 MiB) and keeps at most about two windows, so memory does not grow with the file's
+    length (a one-hour file peaks at about 17 MiB of numpy arrays).
     :func:`load_audio` returns the whole file as one array (about 635 MB of float32 for one
     hour): use it for clips, and :func:`iter_windows` for anything long.
 
@@ -32,10 +33,12 @@ Errors
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import soundfile as sf
 import soxr
 
@@ -45,11 +48,12 @@ from asc_deploy.labels import CLIP_SECONDS, MIN_SECONDS, SAMPLE_RATE
 MIN_SAMPLES = int(SAMPLE_RATE * MIN_SECONDS)  # 44,100: shortest clip accepted
 RESAMPLE_QUALITY = "HQ"  # soxr quality for every rate conversion
 _BLOCK_VALUES = 1 << 20  # most values (frames x channels, in or out of soxr) per read block
-# libsndfile logs a chunk whose declared size exceeds what the file holds as "data : A (should be B)".
+# libsndfile logs a chunk whose size disagrees with the file as "data : A (should be B)".
 _SIZE_MISMATCH = re.compile(r"^\s*([\w ]+?)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # placeholders written by streaming encoders: not truncation
+_UNKNOWN_FRAMES = 2**63 - 1  # SF_COUNT_MAX: libsndfile's frame count for a FLAC of unknown length
 # Errors soundfile and soxr raise for unreadable input (LibsndfileError is a RuntimeError).
-_DECODE_ERRORS = (sf.SoundFileError, RuntimeError, ValueError, TypeError, OSError, OverflowError)
+_DECODE_ERRORS = (sf.SoundFileError, RuntimeError, ValueError, OSError, OverflowError)
 
 
 def load_audio(source: str | Path) -> np.ndarray:
@@ -74,6 +78,20 @@ def iter_windows(
     yielded whole. ``window_seconds`` must be at least 1 s and ``hop_seconds`` in
     (0, ``window_seconds``] so that no part of the file is skipped.
     """
+    return windows_of(_stream(source), source, window_seconds, hop_seconds)
+
+
+def split_windows(
+    wave: np.ndarray, name: str = "<array>", window_seconds: float = CLIP_SECONDS, hop_seconds: float = CLIP_SECONDS
+) -> Iterator[np.ndarray]:
+    """The windows of :func:`iter_windows` for a waveform already in memory (float32 mono, 44.1 kHz)."""
+    return windows_of(iter([wave]), name, window_seconds, hop_seconds)
+
+
+def windows_of(
+    chunks: Iterator[np.ndarray], name: str | Path, window_seconds: float, hop_seconds: float
+) -> Iterator[np.ndarray]:
+    """Cut consecutive float32 chunks of one signal into the windows of :func:`iter_windows`."""
     window = round(window_seconds * SAMPLE_RATE)
     hop = round(hop_seconds * SAMPLE_RATE)
     if window < MIN_SAMPLES or not 0 < hop <= window:
@@ -87,7 +105,7 @@ def iter_windows(
     covered = 0  # absolute index where the last yielded window ends
     parts: list[np.ndarray] = []
     pending = 0  # samples in `parts`, not yet joined to `buf`
-    for chunk in _stream(source):
+    for chunk in chunks:
         parts.append(chunk)
         pending += len(chunk)
         if offset + len(buf) + pending < next_start + window:
@@ -104,14 +122,14 @@ def iter_windows(
         offset = keep_from
     buf = np.concatenate([buf, *parts])
     total = offset + len(buf)
-    _check_length(total, source)
+    _check_length(total, name)
     if total < window:
         yield buf
     elif covered < total:
         yield buf[len(buf) - window :].copy()
 
 
-def validate_waveform(wave: np.ndarray, name: str = "<array>") -> np.ndarray:
+def validate_waveform(wave: npt.ArrayLike, name: str = "<array>") -> np.ndarray:
     """Check an in-memory waveform at 44.1 kHz and return it as contiguous float32 mono.
 
     Accepts a 1-D array ``(samples,)`` or, like soundfile, a 2-D array ``(samples, channels)``
@@ -133,17 +151,17 @@ def validate_waveform(wave: np.ndarray, name: str = "<array>") -> np.ndarray:
     if arr.size == 0:
         raise AscError(f"empty waveform, shape {arr.shape}", name)
     if arr.ndim == 2 and arr.shape[1] > arr.shape[0]:
-        raise AscError(
-            f"shape {arr.shape} looks channels-first; pass (samples, channels)", name
-        )
-    if kind == "f":
-        samples = arr.astype(np.float64)
-    else:
-        scale = float(2 ** (8 * arr.dtype.itemsize - 1))
-        samples = arr.astype(np.float64) / scale - (1.0 if kind == "u" else 0.0)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1)
-    mono = np.ascontiguousarray(samples, dtype=np.float32)
+        raise AscError(f"shape {arr.shape} looks channels-first; pass (samples, channels)", name)
+    # Overflow (values beyond float32, or a channel sum beyond float64) gives inf: refused below.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "f":
+            samples = arr.astype(np.float64)
+        else:
+            scale = float(2 ** (8 * arr.dtype.itemsize - 1))
+            samples = arr.astype(np.float64) / scale - (1.0 if kind == "u" else 0.0)
+        if samples.ndim == 2:
+            samples = samples.mean(axis=1)
+        mono = np.ascontiguousarray(samples, dtype=np.float32)
     if not np.isfinite(mono).all():
         raise AscError("contains NaN or infinite samples (or values beyond float32)", name)
     _check_length(len(mono), name)
@@ -160,11 +178,15 @@ def _check_length(samples: int, name: str | Path) -> None:
 
 def _open(path: Path) -> sf.SoundFile:
     """Open ``path`` for reading after the checks that need no decoding."""
-    if not path.exists():
-        raise AscError("no such file", path)
-    if path.is_dir():
+    try:
+        info = path.stat()
+    except FileNotFoundError as err:
+        raise AscError("no such file", path) from err
+    except OSError as err:
+        raise AscError(f"cannot access the file ({err.strerror})", path) from err
+    if stat.S_ISDIR(info.st_mode):
         raise AscError("is a directory, not an audio file", path)
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise AscError("empty file (0 bytes)", path)
     try:
         f = sf.SoundFile(path)
@@ -175,6 +197,8 @@ def _open(path: Path) -> sf.SoundFile:
             raise AscError(f"{f.channels} channels at {f.samplerate} Hz: no audio", path)
         if f.frames == 0:
             raise AscError("no audio frames (0 samples)", path)
+        if f.frames == _UNKNOWN_FRAMES:  # soundfile fails to read these: say why
+            raise AscError("header gives no length (streamed FLAC?); re-encode it to a file", path)
         for chunk, declared, actual in _SIZE_MISMATCH.findall(f.extra_info):
             # A shortfall of 1 byte is a missing RIFF pad byte, which loses no audio.
             if int(declared) > int(actual) + 1 and int(declared) not in _UNKNOWN_SIZES:
@@ -193,7 +217,8 @@ def _stream(source: str | Path) -> Iterator[np.ndarray]:
     path = Path(source)
     with _open(path) as f:
         # Bound both the decoded block and soxr's output for it to about _BLOCK_VALUES values.
-        block = max(1, min(_BLOCK_VALUES // f.channels, _BLOCK_VALUES * f.samplerate // SAMPLE_RATE))
+        most_in = min(_BLOCK_VALUES // f.channels, _BLOCK_VALUES * f.samplerate // SAMPLE_RATE)
+        block = max(1, most_in)
         resampler = None
         if f.samplerate != SAMPLE_RATE:
             try:
@@ -209,7 +234,7 @@ def _stream(source: str | Path) -> Iterator[np.ndarray]:
                 data = f.read(block, dtype="float32", always_2d=True)
             except _DECODE_ERRORS as err:
                 raise AscError(
-                    f"truncated or corrupt: decoding failed at {done / f.samplerate:.2f} s "
+                    f"truncated or corrupt: decoding failed after {done / f.samplerate:.2f} s "
                     f"({_reason(err)})",
                     path,
                 ) from err

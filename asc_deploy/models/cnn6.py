@@ -21,10 +21,10 @@ class SeparableConvBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        self.bn: nn.Module = nn.BatchNorm2d(out_channels)  # first, as in SP4ASC's state-dict order
         self.ch_conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
         self.sp_conv1 = nn.Conv2d(out_channels, out_channels, (3, 1), padding=(2, 0), dilation=(2, 1), groups=out_channels, bias=False)
         self.sp_conv2 = nn.Conv2d(out_channels, out_channels, (1, 3), padding=(0, 2), dilation=(1, 2), groups=out_channels, bias=False)
-        self.bn: nn.Module = nn.BatchNorm2d(out_channels)
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

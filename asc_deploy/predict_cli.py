@@ -1,0 +1,98 @@
+"""``asc-predict``: classify audio files with an exported model; CSV (DCASE column order) or JSON.
+
+A file that fails (unreadable, too short, ...) becomes a row with its error and the run goes on;
+the exit code is 1 at the end if any file failed (``--strict`` stops at the first). Output files
+are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import click
+
+from asc_deploy.atomic import atomic_open
+from asc_deploy.errors import AscError
+from asc_deploy.runtime import DEFAULT_TTA_PASSES, Classifier, Prediction
+
+Row = tuple[str, Prediction | None, str]  # filename, prediction, error
+
+
+def _rows(classifier: Classifier, files: tuple[str, ...], strict: bool) -> Iterator[Row]:
+    for name in files:
+        try:
+            yield name, classifier.predict(name), ""
+        except AscError as err:
+            if strict:
+                raise
+            yield name, None, str(err)
+
+
+def _write_csv(out: IO[str], labels: tuple[str, ...], rows: Iterator[Row]) -> list[Row]:
+    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+    writer.writerow(["filename", "scene_label", *labels, "error"])
+    failed = []
+    for name, pred, error in rows:
+        if pred is None:
+            writer.writerow([name, "", *[""] * len(labels), error])
+            failed.append((name, pred, error))
+        else:
+            writer.writerow([name, pred.label, *(f"{p:.6f}" for p in pred.probs), ""])
+    return failed
+
+
+def _write_json(out: IO[str], rows: Iterator[Row]) -> list[Row]:
+    results, failed = [], []
+    for name, pred, error in rows:
+        if pred is None:
+            results.append({"filename": name, "error": error})
+            failed.append((name, pred, error))
+        else:
+            results.append({"filename": name, "scene_label": pred.label, "probs": pred.as_dict(), "windows": pred.windows})
+    json.dump(results, out, indent=1)
+    out.write("\n")
+    return failed
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_path", required=True, type=click.Path(), help="ONNX model written by asc-export.")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write here (atomically) instead of stdout.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of tab-separated CSV.")
+@click.option("--strict", is_flag=True, help="Stop at the first file that fails.")
+@click.option("--provider", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "tensorrt"]))
+@click.option("--tta-passes", default=DEFAULT_TTA_PASSES, show_default=True, help="SpecAugment passes of a TTA model.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the TTA stripes.")
+@click.option("--hop-seconds", default=10.0, show_default=True, help="Hop between 10 s windows of long files.")
+def main(model_path: str, files: tuple[str, ...], output: str | None, as_json: bool, strict: bool, provider: str,
+         tta_passes: int, seed: int, hop_seconds: float) -> None:
+    """Classify FILES (wav, flac, ogg; any rate and channel count) with MODEL.
+
+    CSV columns: filename, scene_label, the ten class probabilities (DCASE order), error.
+    """
+    try:
+        classifier = Classifier(model_path, provider=provider, tta_passes=tta_passes, seed=seed, hop_seconds=hop_seconds)
+        rows = _rows(classifier, files, strict)
+        write = (lambda out: _write_json(out, rows)) if as_json else (lambda out: _write_csv(out, classifier.labels, rows))
+        if output:
+            with atomic_open(output, "w", newline="") as out:
+                failed = write(out)
+        else:
+            failed = write(sys.stdout)
+    except (AscError, ValueError) as err:
+        click.echo(f"asc-predict: error: {err}", err=True)
+        sys.exit(1)
+    if failed:
+        click.echo(f"asc-predict: {len(failed)} of {len(files)} files failed:", err=True)
+        for name, _, error in failed:
+            click.echo(f"  {error}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

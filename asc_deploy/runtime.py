@@ -1,0 +1,118 @@
+"""The embeddable classifier: audio in, scene label and calibrated probabilities out (no torch).
+
+``Classifier(path)`` reads and checks an exported ONNX model, takes a file path or a waveform
+array, cuts long audio into 10 s windows (see :mod:`asc_deploy.audio`) and averages the windows'
+probabilities. A TTA model draws its SpecAugment stripes on the host from ``seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from asc_deploy.audio import iter_windows, split_windows, validate_waveform
+from asc_deploy.errors import AscError
+from asc_deploy.labels import num_frames
+from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_PROBS, ModelMetadata
+from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig
+from asc_deploy.stripes import tta_stripes
+
+DEFAULT_TTA_PASSES = 30  # SP4ASC's published setting
+WINDOWS_PER_CALL = 8  # 10 s windows of one long file classified per onnxruntime call
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Result for one clip: the label with the highest mean probability, and all probabilities."""
+
+    label: str
+    probs: np.ndarray  # (classes,) float32, sums to 1, in ``labels`` order
+    labels: tuple[str, ...]
+    windows: int  # 10 s windows averaged
+
+    def as_dict(self) -> dict[str, float]:
+        return {label: float(p) for label, p in zip(self.labels, self.probs)}
+
+
+def read_model_metadata(path: str | Path) -> ModelMetadata:
+    """Check an ONNX file and read its asc-deploy metadata; :class:`AscError` naming it otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise AscError("no such model file" if not path.exists() else "not a file", path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as err:  # protobuf DecodeError, ValidationError...
+        raise AscError(f"not a valid ONNX model ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", path) from err
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
+
+
+class Classifier:
+    """Acoustic scene classifier over an exported ONNX model.
+
+    Args:
+        model_path: an ``asc-export`` ONNX file (single-pass or TTA variant).
+        provider: onnxruntime provider short name: "cpu", "cuda" or "tensorrt".
+        tta_passes: SpecAugment passes of a TTA model (ignored by a single-pass model).
+        seed: seed of the TTA stripes.
+        hop_seconds: hop between the 10 s windows of long files.
+        session: onnxruntime session options.
+    """
+
+    def __init__(self, model_path: str | Path, provider: str = "cpu", tta_passes: int = DEFAULT_TTA_PASSES, seed: int = 0,
+                 hop_seconds: float = 10.0, session: SessionConfig = SessionConfig()) -> None:
+        if tta_passes < 1:
+            raise ValueError(f"tta_passes must be >= 1, got {tta_passes}")
+        self.model_path = Path(model_path)
+        self.metadata = read_model_metadata(model_path)
+        self.labels = self.metadata.labels
+        self.sample_rate = self.metadata.sample_rate
+        self.tta_passes, self.seed, self.hop_seconds = tta_passes, seed, hop_seconds
+        self._runner = OnnxRuntimeRunner(model_path, provider, session)
+        self._runner.activate()
+
+    def feed(self, waveforms: np.ndarray) -> dict[str, np.ndarray]:
+        """The model inputs for (batch, samples) float32 waveforms of one length."""
+        feed = {INPUT_WAVEFORM: np.ascontiguousarray(waveforms, dtype=np.float32)}
+        if self.metadata.variant == "tta":
+            time, freq = tta_stripes(self.metadata.spec_aug, self.tta_passes, num_frames(waveforms.shape[1]),
+                                     self.metadata.mel_bins, self.seed)
+            feed |= {INPUT_TIME_STRIPES: time, INPUT_FREQ_STRIPES: freq}
+        return feed
+
+    def probabilities(self, waveforms: np.ndarray) -> np.ndarray:
+        """(batch, samples) float32 waveforms at 44.1 kHz, one length -> (batch, classes) probabilities."""
+        return self._runner.infer(self.feed(waveforms), [OUTPUT_PROBS])[OUTPUT_PROBS]
+
+    def _predict_windows(self, windows: Iterable[np.ndarray]) -> Prediction:
+        total, count, pending = None, 0, []
+
+        def flush() -> None:
+            nonlocal total, count
+            probs = self.probabilities(np.stack(pending)).astype(np.float64)
+            total = probs.sum(axis=0) if total is None else total + probs.sum(axis=0)
+            count += len(pending)
+            pending.clear()
+
+        for window in windows:
+            if pending and window.shape != pending[0].shape:
+                flush()
+            pending.append(window)
+            if len(pending) == WINDOWS_PER_CALL:
+                flush()
+        if pending:
+            flush()
+        probs = (total / count).astype(np.float32)
+        return Prediction(label=self.labels[int(np.argmax(probs))], probs=probs, labels=self.labels, windows=count)
+
+    def predict(self, source: str | Path | np.ndarray) -> Prediction:
+        """Classify an audio file (any rate or channel count; streamed) or a waveform array
+        (mono float at 44.1 kHz, shape (samples,))."""
+        if isinstance(source, np.ndarray):
+            return self._predict_windows(split_windows(validate_waveform(source), hop_seconds=self.hop_seconds))
+        return self._predict_windows(iter_windows(source, hop_seconds=self.hop_seconds))
+

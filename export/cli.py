@@ -1,0 +1,71 @@
+"""``asc-export``: checkpoint -> ONNX (fp32/fp16, single pass or TTA), TensorRT engine or Triton
+model repository. Prints the complexity report and the size of what it wrote."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from asc_deploy.errors import AscError
+
+
+def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool) -> Path:
+    stem = Path(checkpoint).parent.name if Path(checkpoint).name == "ckpt.pth" else Path(checkpoint).stem
+    suffix = {"onnx": ".onnx", "trt": ".engine", "triton": ""}[fmt]
+    return Path(f"{stem}{'.tta' if tta else ''}.{'fp16' if fp16 else 'fp32'}{suffix}" if suffix else f"{stem}-triton")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", required=True, type=click.Path(), help="SP4ASC ckpt.pth or an asc-train checkpoint.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "trt", "triton"]), default="onnx", show_default=True)
+@click.option("--fp16", is_flag=True, help="CNN weights and arithmetic in fp16 (frontend and I/O stay float32).")
+@click.option("--tta", is_flag=True, help="Export the test-time-augmentation variant (stripes as inputs).")
+@click.option("--output", "-o", type=click.Path(), default=None, help="Output file (onnx, trt) or repository folder (triton).")
+@click.option("--workspace-mib", default=1024, show_default=True, help="TensorRT builder workspace limit.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache to reuse and update.")
+@click.option("--engine", is_flag=True, help="triton: also build a TensorRT engine (model.plan).")
+@click.option("--trt-accelerator", is_flag=True, help="triton: enable onnxruntime's TensorRT accelerator in config.pbtxt.")
+def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, workspace_mib: int, timing_cache: str | None,
+         engine: bool, trt_accelerator: bool) -> None:
+    """Export CHECKPOINT for deployment; the graph starts at the raw 44.1 kHz waveform."""
+    from asc_deploy.export.onnx_export import Precision, export_onnx
+    from asc_deploy.models import build_model, load_checkpoint
+    from asc_deploy.models.complexity import complexity_report
+
+    output_path = Path(output) if output else _default_output(checkpoint, fmt, fp16, tta)
+    precision = Precision.FP16 if fp16 else Precision.FP32
+    try:
+        if engine and fmt != "triton" or trt_accelerator and fmt != "triton":
+            raise ValueError("--engine and --trt-accelerator only apply to --format triton")
+        for line in complexity_report(build_model(load_checkpoint(checkpoint))).lines():
+            click.echo(line)
+        if fmt == "onnx":
+            export_onnx(checkpoint, output_path, precision, tta)
+        else:
+            with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
+                onnx_path = export_onnx(checkpoint, Path(tmp) / "model.onnx", precision, tta)
+                if fmt == "trt":
+                    from asc_deploy.export.tensorrt import build_engine
+
+                    build_engine(onnx_path, output_path, fp16=fp16, workspace_mib=workspace_mib,
+                                 timing_cache=Path(timing_cache) if timing_cache else None)
+                else:
+                    from asc_deploy.export.tensorrt import build_engine
+                    from asc_deploy.export.triton import write_triton_repository
+
+                    engine_path = None
+                    if engine:
+                        engine_path = build_engine(onnx_path, Path(tmp) / "model.engine", fp16=fp16, workspace_mib=workspace_mib)
+                    write_triton_repository(onnx_path, output_path, fp16=fp16, engine_path=engine_path, trt_accelerator=trt_accelerator)
+    except (AscError, ValueError) as err:
+        click.echo(f"asc-export: error: {err}", err=True)
+        sys.exit(1)
+    size = sum(p.stat().st_size for p in output_path.rglob("*") if p.is_file()) if output_path.is_dir() else output_path.stat().st_size
+    click.echo(f"wrote {output_path} ({size / 1024:.1f} KiB, {precision.value}{', TTA' if tta else ''})")
+
+
+if __name__ == "__main__":
+    main()

@@ -48,10 +48,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if "GLOBAL" in str(err) or "Unsupported global" in str(err):  # a reference to code, not data
             raise AscError("refused: the checkpoint contains pickled objects other than tensors and plain data "
                            "(it could run code when loaded); re-save it as a plain state dict", path) from err
-        raise AscError(f"not a PyTorch checkpoint ({str(err).splitlines()[0]})", path) from err
+        raise AscError(f"not a PyTorch checkpoint ({_last_reason(err)})", path) from err
     except Exception as err:  # torch raises RuntimeError, EOFError, zipfile errors... for non-checkpoints
         raise AscError(f"not a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", path) from err
     if isinstance(payload, dict) and isinstance(payload.get("net"), dict):
@@ -64,6 +64,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(config, dict):
         raise AscError("checkpoint 'config' is not a mapping", path)
     return Checkpoint(path=path, sha256=file_sha256(path), state_dict=state_dict, config=config, source=source)
+
+
+def _last_reason(err: BaseException) -> str:
+    """The informative line of torch's multi-line unpickling errors."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reasons = [line for line in lines if "invalid load key" in line or "error" in line.lower()]
+    return (reasons or lines or [type(err).__name__])[-1][:200]
 
 
 def _state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> list[str]:

@@ -1,0 +1,201 @@
+// Acoustic scene classification in the browser: exported asc-deploy ONNX model + onnxruntime-web (wasm).
+//
+// Labels, sample rate and clip length come from the model file itself: onnxruntime-web does not
+// expose ONNX metadata_props, so readOnnxMetadata() walks the ModelProto bytes (field 14,
+// metadata_props) with a minimal protobuf reader. Audio follows the Python runtime
+// (asc_deploy/audio.py): decode, resample to the model's rate, average the channels, refuse clips
+// under 1 s, split clips longer than one window into windows and average their probabilities.
+"use strict";
+
+const MIN_SECONDS = 1; // the runtime refuses shorter clips (asc_deploy.labels.MIN_SECONDS)
+const ORT_DIST = "node_modules/onnxruntime-web/dist/";
+
+const $ = (id) => document.getElementById(id);
+const app = $("app");
+
+// ---- ONNX metadata_props from the protobuf bytes -------------------------------------------
+
+function readVarint(bytes, pos) {
+  let value = 0;
+  for (let shift = 0; ; shift += 7) {
+    if (pos >= bytes.length) throw new Error("truncated ONNX file");
+    const b = bytes[pos++];
+    value += (b & 0x7f) * 2 ** shift; // arithmetic, not <<, so values above 2^31 stay exact
+    if (!(b & 0x80)) return [value, pos];
+  }
+}
+
+// Calls onField(fieldNumber, start, end) for every length-delimited field in bytes[pos, end).
+function forEachBytesField(bytes, pos, end, onField) {
+  while (pos < end) {
+    let tag, len;
+    [tag, pos] = readVarint(bytes, pos);
+    const wire = tag % 8;
+    if (wire === 0) [, pos] = readVarint(bytes, pos);
+    else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else if (wire === 2) {
+      [len, pos] = readVarint(bytes, pos);
+      onField(Math.floor(tag / 8), pos, pos + len);
+      pos += len;
+    } else throw new Error(`not an ONNX file (protobuf wire type ${wire})`);
+  }
+}
+
+function readOnnxMetadata(bytes) {
+  const utf8 = new TextDecoder();
+  const props = {};
+  forEachBytesField(bytes, 0, bytes.length, (field, start, end) => {
+    if (field !== 14) return; // ModelProto.metadata_props: StringStringEntryProto {1: key, 2: value}
+    const entry = {};
+    forEachBytesField(bytes, start, end, (f, s, e) => { entry[f] = utf8.decode(bytes.subarray(s, e)); });
+    props[entry[1]] = entry[2];
+  });
+  return props;
+}
+
+// ---- model ---------------------------------------------------------------------------------
+
+async function loadModel(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`cannot load model ${url}: HTTP ${response.status}`);
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  const meta = readOnnxMetadata(bytes);
+  if (!meta.labels || !meta.sample_rate) throw new Error(`${url} is not an asc-deploy model (no labels/sample_rate metadata)`);
+  if (meta.variant !== "single") throw new Error(`${url}: the ${meta.variant} variant needs extra inputs; export the single variant`);
+  ort.env.wasm.wasmPaths = new URL(ORT_DIST, location.href).href; // absolute: ort import()s the .mjs glue
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
+  return {
+    session,
+    labels: JSON.parse(meta.labels),
+    sampleRate: Number(meta.sample_rate),
+    clipSeconds: Number(meta.clip_seconds),
+    precision: meta.precision,
+  };
+}
+
+// ---- audio ---------------------------------------------------------------------------------
+
+// Decoded, resampled to sampleRate (decodeAudioData of a context at that rate) and averaged to mono.
+async function decodeMono(arrayBuffer, sampleRate) {
+  const ctx = new OfflineAudioContext(1, 1, sampleRate);
+  const buffer = await ctx.decodeAudioData(arrayBuffer);
+  const mono = new Float32Array(buffer.length);
+  for (let c = 0; c < buffer.numberOfChannels; c++) {
+    const data = buffer.getChannelData(c);
+    for (let i = 0; i < mono.length; i++) mono[i] += data[i];
+  }
+  if (buffer.numberOfChannels > 1) for (let i = 0; i < mono.length; i++) mono[i] /= buffer.numberOfChannels;
+  return mono;
+}
+
+// Window start offsets like asc_deploy.audio.iter_windows with hop = window: the whole clip when it
+// fits in one window, else back-to-back windows plus one covering the final window of samples.
+function windowStarts(samples, window) {
+  if (samples <= window) return [0];
+  const starts = [];
+  for (let s = 0; s + window <= samples; s += window) starts.push(s);
+  if (starts[starts.length - 1] + window < samples) starts.push(samples - window);
+  return starts;
+}
+
+async function classify(model, waveform) {
+  const window = Math.round(model.clipSeconds * model.sampleRate);
+  const length = Math.min(window, waveform.length);
+  const starts = windowStarts(waveform.length, window);
+  const probs = new Float64Array(model.labels.length);
+  const logits = new Float64Array(model.labels.length);
+  const t0 = performance.now();
+  for (const start of starts) { // one window per run keeps memory flat for long files
+    const input = new ort.Tensor("float32", waveform.slice(start, start + length), [1, length]);
+    const out = await model.session.run({ waveform: input });
+    out.probs.data.forEach((p, k) => { probs[k] += p / starts.length; });
+    out.logits.data.forEach((l, k) => { logits[k] += l / starts.length; });
+  }
+  // probs: mean over windows (what the runtime reports); logits: mean too, shown for checks only
+  return { probs: Array.from(probs), logits: Array.from(logits), windows: starts.length, inferMs: performance.now() - t0 };
+}
+
+// ---- page ----------------------------------------------------------------------------------
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+  app.dataset.state = "error";
+}
+
+function showResult(model, name, seconds, result) {
+  const best = result.probs.indexOf(Math.max(...result.probs));
+  $("predicted").textContent = model.labels[best].replaceAll("_", " ");
+  $("clip-info").textContent = `${name}: ${seconds.toFixed(2)} s, ${result.windows} window${result.windows > 1 ? "s" : ""}`;
+  $("bars").replaceChildren(...model.labels.map((label, k) => {
+    const row = document.createElement("div");
+    row.className = k === best ? "row best" : "row";
+    const pct = (100 * result.probs[k]).toFixed(1);
+    row.innerHTML = `<span class="label"></span><span class="track"><span class="bar" style="width:${pct}%"></span></span><span class="value">${pct}%</span>`;
+    row.querySelector(".label").textContent = label.replaceAll("_", " ");
+    return row;
+  }));
+  const shownMs = performance.now();
+  $("timing").textContent = `inference ${result.inferMs.toFixed(1)} ms (wasm, ${model.precision}) · model ready ${app.dataset.loadMs} ms after page start`;
+  const section = $("result");
+  Object.assign(section.dataset, {
+    probs: JSON.stringify(result.probs),
+    logits: JSON.stringify(result.logits),
+    labels: JSON.stringify(model.labels),
+    predicted: model.labels[best],
+    inferMs: result.inferMs.toFixed(3),
+    resultMs: shownMs.toFixed(1), // since navigation start
+  });
+  section.hidden = false;
+  app.dataset.state = "done";
+}
+
+async function handleFile(modelReady, file) {
+  $("error").hidden = true;
+  app.dataset.state = "running";
+  try {
+    const model = await modelReady;
+    const waveform = await decodeMono(await file.arrayBuffer(), model.sampleRate).catch((err) => {
+      throw new Error(`cannot decode ${file.name} (${err.message || err})`);
+    });
+    const seconds = waveform.length / model.sampleRate;
+    if (seconds < MIN_SECONDS) throw new Error(`${file.name} is too short: ${seconds.toFixed(3)} s, need at least ${MIN_SECONDS} s`);
+    showResult(model, file.name, seconds, await classify(model, waveform));
+  } catch (err) {
+    $("result").hidden = true;
+    showError(err.message || String(err));
+  } finally {
+    app.dataset.run = String(Number(app.dataset.run) + 1);
+  }
+}
+
+function main() {
+  const modelUrl = new URLSearchParams(location.search).get("model") || "model.onnx";
+  const modelReady = loadModel(modelUrl);
+  modelReady.then((model) => {
+    app.dataset.loadMs = performance.now().toFixed(1);
+    $("model-status").textContent = `Model ${modelUrl}: ${model.labels.length} scenes, ${model.sampleRate} Hz, ready in ${app.dataset.loadMs} ms`;
+    $("file").disabled = false;
+    app.dataset.state = "ready";
+  }, (err) => {
+    $("model-status").textContent = "Model not loaded.";
+    showError(err.message || String(err));
+  });
+
+  $("file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    e.target.value = ""; // choosing the same file again fires "change" again
+    if (file) handleFile(modelReady, file);
+  });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) handleFile(modelReady, e.dataTransfer.files[0]);
+  });
+}
+
+main();

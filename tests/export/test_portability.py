@@ -1,0 +1,37 @@
+"""Every node of the exported graphs against the operator lists of the runtimes they target."""
+
+import onnx
+import pytest
+
+from asc_deploy.export.portability import check_onnxruntime, check_tensorrt, load_support, tensorrt_restrictions
+from tests.shared_data import OPS, needs_shared
+
+pytestmark = [needs_shared, pytest.mark.skipif(not OPS.is_dir(), reason="../shared/ops (operator lists) is absent")]
+VARIANTS = [("fp32", False), ("fp16", False), ("fp32", True), ("fp16", True)]
+
+
+@pytest.mark.parametrize("precision, tta", VARIANTS)
+def test_graph_loads_in_every_target(precision, tta, exported):
+    model = onnx.load(str(exported("ce", precision, tta)))
+    targets = dict(p.split("=", 1) for p in [f"{x.key}={x.value}" for x in model.metadata_props]).get("targets")
+    assert targets and all(t in targets for t in ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"))
+    assert check_onnxruntime(model, load_support(OPS / "onnxruntime_cpu.json")) == []
+    assert check_onnxruntime(model, load_support(OPS / "onnxruntime_cuda.json")) == []
+    trt = load_support(OPS / "tensorrt_onnx_parser.json")
+    assert check_tensorrt(model, trt) == []
+    restrictions = tensorrt_restrictions(model, trt)
+    print(f"{precision}{' tta' if tta else ''}: TensorRT restrictions of used ops: {restrictions}")
+    used = {n.op_type for n in model.graph.node}
+    assert not used & {"STFT", "DFT", "MelWeightMatrix", "HannWindow"}
+
+
+def test_checker_flags_unsupported_ops():
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("DFT", ["x"], ["y"], name="the_dft")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    trt = check_tensorrt(model, load_support(OPS / "tensorrt_onnx_parser.json"))
+    cuda = check_onnxruntime(model, load_support(OPS / "onnxruntime_cuda.json"))
+    assert [p.node for p in trt] == ["the_dft"] and [p.op_type for p in cuda] == ["DFT"]

@@ -63,3 +63,23 @@ def groupwise(probs: np.ndarray, labels: np.ndarray, groups: Sequence[Any], num_
         group: classwise_log_loss_accuracy(probs[groups == group], labels[groups == group], num_classes)
         for group in sorted(set(groups.tolist()), key=str)
     }
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    """Calibration of the top-1 confidence: expected calibration error and the per-bin table.
+
+    Clips are binned by their highest probability into ``bins`` equal-width bins over [0, 1];
+    ``ece`` is the clip-weighted mean of |accuracy - mean confidence| over bins. Returns ``ece``
+    and per bin ``bin_confidence``, ``bin_accuracy`` (NaN for empty bins) and ``bin_count``.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bin_confidence = np.bincount(index, weights=confidence, minlength=bins) / count
+        bin_accuracy = np.bincount(index, weights=correct, minlength=bins) / count
+    filled = count > 0
+    ece = float(np.sum(count[filled] * np.abs(bin_accuracy[filled] - bin_confidence[filled])) / max(1, labels.size))
+    return {"ece": ece, "bin_confidence": bin_confidence.tolist(), "bin_accuracy": bin_accuracy.tolist(), "bin_count": count.tolist()}

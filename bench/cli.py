@@ -1,0 +1,245 @@
+"""``asc-bench``: log loss, accuracy, calibration and latency of every backend on the same clips,
+with batched test-time augmentation, and parity of each backend against the reference.
+
+Exit code 0 when every backend that ran is within its parity tolerances and every clip loaded;
+1 otherwise (a backend that cannot run here is reported as skipped and does not fail the run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from asc_deploy.errors import AscError
+from asc_deploy.metrics import classwise_log_loss_accuracy, groupwise, reliability
+from asc_deploy.ort_runner import SessionConfig
+from asc_deploy.runtime import read_model_metadata
+
+SYNTH_DEFAULTS = {"clips_per_class_device": 3, "seconds": 3.0, "seed": 0}  # the embedded default data set
+
+
+def default_data_dir() -> Path:
+    """The synthetic set, generated once and cached (``ASC_DEPLOY_CACHE`` or ~/.cache/asc-deploy)."""
+    from asc_deploy.train.synth import make_dataset
+
+    cache = Path(os.environ.get("ASC_DEPLOY_CACHE", Path.home() / ".cache" / "asc-deploy"))
+    folder = cache / "synth-n{clips_per_class_device}-{seconds:g}s-seed{seed}".format(**SYNTH_DEFAULTS)
+    return make_dataset(folder, **SYNTH_DEFAULTS, progress=True)
+
+
+def _model_files(model: Path, precisions: list[str], tta: bool, folder: Path) -> tuple[dict[str, Path], Path | None]:
+    """ONNX file per precision (exported here from a checkpoint), and the checkpoint if any."""
+    suffix = model.suffix.lower()
+    if suffix in (".pth", ".pt", ".ckpt"):
+        from asc_deploy.export.onnx_export import export_onnx
+
+        return {p: export_onnx(model, folder / f"model.{p}{'.tta' if tta else ''}.onnx", p, tta) for p in precisions}, model
+    if suffix == ".onnx":
+        meta = read_model_metadata(model)
+        if (meta.variant == "tta") != tta:
+            raise AscError(f"this is a {meta.variant} model but --nb-aug {'> 0' if tta else '0'} needs the "
+                           f"{'tta' if tta else 'single'} variant (asc-export {'--tta' if tta else 'without --tta'})", model)
+        return {meta.precision: model}, None
+    if suffix in (".engine", ".plan"):
+        return {"engine": model}, None
+    raise AscError("unknown model type: expected a checkpoint (.pth), an ONNX file or a TensorRT engine", model)
+
+
+def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_folder: Path, timing_cache: Path):
+    """(spec, precision, model path, skip reason) for every backend and precision asked for."""
+    from asc_deploy.bench.runners import availability
+
+    plan = []
+    for spec in specs:
+        usable, reason = availability(spec)
+        for precision, path in files.items():
+            if spec.kind == "torch":
+                if precision != next(iter(files)):
+                    continue  # the torch reference runs once, in fp32
+                reason_here = reason or ("" if checkpoint else "needs a checkpoint (torch runs the model as trained)")
+                plan.append((spec, "fp32", checkpoint, reason_here))
+            elif precision == "engine":
+                plan.append((spec, precision, path, reason if spec.kind == "tensorrt" else "an engine runs on tensorrt only"))
+            elif spec.kind == "tensorrt" and usable and precision != "int8":
+                from asc_deploy.export.tensorrt import build_engine
+
+                engine = build_engine(path, engines_folder / f"{path.stem}.engine", fp16=precision == "fp16", timing_cache=timing_cache)
+                plan.append((spec, precision, engine, ""))
+            else:
+                plan.append((spec, precision, path, reason))
+    return plan
+
+
+def run(model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int, batch_size: int | None,
+        seed: int, report_dir: Path, tolerance: list[str], threads: int, reference: Path | None = None) -> dict:
+    """The whole benchmark; returns the report dict (also written to ``report_dir``).
+
+    ``reference``: the checkpoint the torch reference runs when MODEL is an exported file (does
+    this deployed file score what the trained model did?); a checkpoint MODEL is its own reference.
+    """
+    from asc_deploy.bench.benchmark import batches, run_backend, scan_clips, total_seconds
+    from asc_deploy.bench.parity import compare, tolerances_with
+    from asc_deploy.bench.runners import backend_specs, make_runner
+    from asc_deploy.train.dataset import read_split
+
+    if nb_aug < 0:
+        raise ValueError(f"--nb-aug must be >= 0, got {nb_aug}")
+    tolerances = tolerances_with(tolerance)
+    unknown = [p for p in precisions if p not in tolerances]
+    if unknown:
+        raise ValueError(f"unknown precision(s) {unknown}: choose from {sorted(tolerances)}")
+    specs = backend_specs(backends)
+    batch_size = batch_size or max(1, 60 // max(1, nb_aug))  # ~60 CNN passes per call bounds activation memory
+    data = data or default_data_dir()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    files, checkpoint = _model_files(model, precisions, nb_aug > 0, report_dir / "models")
+    spec_aug = _spec_aug(files, checkpoint)
+    checkpoint = checkpoint or reference
+    clips = read_split(data, split)
+    if any(c.label is None for c in clips):
+        raise AscError(f"split {split!r} has no labels: scoring needs a labelled split (evaluate)", data)
+    loaded = scan_clips(clips)
+    for name, message in loaded.errors:
+        click.echo(f"asc-bench: skipped clip: {message}", err=True)
+    if not loaded.clips:
+        raise AscError(f"no clip of split {split!r} could be read", data)
+    labels = np.array([c.label for c in loaded.clips])
+    devices = [c.device or "unknown" for c in loaded.clips]
+    groups = batches(loaded, batch_size)
+    complexity = _complexity(checkpoint)
+    runs, results = [], {}
+    plan = _plan_runs(specs, files, checkpoint, report_dir / "engines", report_dir / "engines" / "timing.cache")
+    for spec, precision, path, reason in plan:
+        entry = {"backend": spec.name, "precision": precision, "model_file": str(path) if path else None,
+                 "size_bytes": Path(path).stat().st_size if path and Path(path).is_file() else None}
+        if reason:
+            runs.append(entry | {"status": "skipped", "reason": reason})
+            continue
+        runner = make_runner(spec, path, checkpoint, SessionConfig(intra_op_threads=threads))
+        try:
+            result = run_backend(runner, loaded, groups, nb_aug, spec_aug, seed, f"{spec.name} {precision}")
+        except AscError as err:
+            runs.append(entry | {"status": "failed", "reason": str(err)})
+            continue
+        metrics = classwise_log_loss_accuracy(result.probs, labels)
+        metrics["device_wise"] = {d: {"logloss": v["logloss"], "accuracy": v["accuracy"]} for d, v in groupwise(result.probs, labels, devices).items()}
+        metrics |= {"reliability": (rel := reliability(result.probs, labels)), "ece": rel["ece"]}
+        results[(spec.name, precision)] = result
+        runs.append(entry | {"status": "ok", "metrics": metrics, "timing": result.timing(total_seconds(loaded), len(loaded.clips)),
+                             "peak_rss_mb": result.peak_rss_mb})
+    reference_key = next(iter(results), None)  # torch fp32 when it ran: plan order puts it first
+    for entry in runs:
+        key = (entry["backend"], entry["precision"])
+        if entry["status"] != "ok":
+            continue
+        if key == reference_key:
+            entry["reference"] = True
+            continue
+        parity = compare(results[reference_key].probs, results[key].probs, labels, tolerances[_tolerance_precision(entry, files)])
+        entry["parity"] = parity.as_dict()
+        if not parity.passed:
+            entry["status"] = "parity-broken"
+    report = {"model": str(model), "data": str(data), "split": split, "clips": len(loaded.clips), "failed_clips": len(loaded.errors),
+              "errors": loaded.errors, "nb_aug": nb_aug, "seed": seed, "batch_size": batch_size, "reference": "/".join(reference_key or ()),
+              "complexity": complexity, "runs": runs}
+    _write_outputs(report, report_dir, results, loaded, labels, reference_key)
+    return report
+
+
+def _tolerance_precision(entry: dict, files: dict[str, Path]) -> str:
+    """An engine is judged by the precision recorded in its sidecar (fp32 when unknown)."""
+    if entry["precision"] != "engine":
+        return entry["precision"]
+    import json
+
+    sidecar = Path(str(files["engine"]) + ".json")
+    return "fp16" if sidecar.is_file() and json.loads(sidecar.read_text()).get("fp16") else "fp32"
+
+
+def _spec_aug(files: dict[str, Path], checkpoint: Path | None) -> tuple[int, ...]:
+    if checkpoint is not None:
+        from asc_deploy.export.onnx_export import checkpoint_spec_aug
+        from asc_deploy.models import load_checkpoint
+
+        return checkpoint_spec_aug(load_checkpoint(checkpoint))
+    path = next(iter(files.values()))
+    return read_model_metadata(path).spec_aug if path.suffix == ".onnx" else ()
+
+
+def _complexity(checkpoint: Path | None) -> dict | None:
+    if checkpoint is None:
+        return None
+    from asc_deploy.models import build_model, load_checkpoint
+    from asc_deploy.models.complexity import complexity_report
+
+    report = complexity_report(build_model(load_checkpoint(checkpoint)))
+    return report.as_dict() | {"lines": report.lines()}
+
+
+def _write_outputs(report: dict, folder: Path, results: dict, loaded, labels: np.ndarray, reference_key) -> None:
+    from asc_deploy.bench import report as out
+
+    out.write_json(folder / "report.json", report)
+    out.write_text(folder / "report.md", out.markdown(report))
+    ok_runs = [r for r in report["runs"] if r.get("metrics")]
+    if ok_runs:
+        out.plot_reliability(folder / "reliability.png", ok_runs)
+    if reference_key:
+        out.plot_confusion(folder / "confusion.png", results[reference_key].probs, labels, f"{' '.join(reference_key)} ({report['split']})")
+    dcase = folder / "dcase"
+    dcase.mkdir(exist_ok=True)
+    filenames = [c.filename for c in loaded.clips]
+    for entry in ok_runs:
+        label = f"asc_deploy_{entry['backend']}_{entry['precision']}"
+        out.write_dcase_submission(dcase, label, filenames, results[(entry["backend"], entry["precision"])].probs, entry,
+                                   report["complexity"], report["nb_aug"])
+
+
+def _csv_list(_ctx, _param, value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="Checkpoint (exported on the fly), ONNX file or TensorRT engine.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None, help="TAU 2020 Mobile layout folder [default: the cached synthetic set].")
+@click.option("--split", default="evaluate", show_default=True, type=click.Choice(["train", "evaluate"]))
+@click.option("--backends", default="torch,onnxruntime,tensorrt", show_default=True, callback=_csv_list)
+@click.option("--precision", "precisions", default="fp32,fp16", show_default=True, callback=_csv_list)
+@click.option("--nb-aug", default=30, show_default=True, help="SpecAugment passes of test-time augmentation (0: single pass).")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Clips per call [default: about 60 CNN passes per call].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the TTA stripes.")
+@click.option("--report", "report_dir", default="bench-report", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tolerance", multiple=True, help="Override a parity tolerance: PRECISION.NAME=VALUE (e.g. fp16.max_abs_prob=0.1).")
+@click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint the torch reference runs when MODEL is an ONNX file or engine.")
+def main(model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int, batch_size: int | None,
+         seed: int, report_dir: Path, tolerance: tuple[str, ...], threads: int, reference: Path | None) -> None:
+    """Benchmark MODEL on every backend available here; print the table, write the report."""
+    from asc_deploy.bench.report import terminal_table
+
+    try:
+        report = run(model, data, split, backends, precisions, nb_aug, batch_size, seed, report_dir, list(tolerance), threads, reference)
+    except (AscError, ValueError) as err:
+        click.echo(f"asc-bench: error: {err}", err=True)
+        sys.exit(1)
+    click.echo(terminal_table(report["runs"]))
+    click.echo(f"report: {report_dir / 'report.md'} (and report.json, reliability.png, confusion.png, dcase/)")
+    broken = [f"{r['backend']} {r['precision']}: {', '.join(r['parity']['broken'])}" for r in report["runs"] if r["status"] == "parity-broken"]
+    failed = [f"{r['backend']} {r['precision']}: {r['reason']}" for r in report["runs"] if r["status"] == "failed"]
+    for line in broken:
+        click.echo(f"asc-bench: parity broken: {line}", err=True)
+    for line in failed:
+        click.echo(f"asc-bench: backend failed: {line}", err=True)
+    if report["failed_clips"]:
+        click.echo(f"asc-bench: {report['failed_clips']} clip(s) could not be read", err=True)
+    if broken or failed or report["failed_clips"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Backends behind one runner contract: ``activate()``, ``infer(feed) -> {name: array}``,
+``deactivate()``, usable as a context manager. Feeds and results follow the ONNX contract of
+:mod:`asc_deploy.metadata` (``waveform`` and, for TTA, ``time_stripes``/``freq_stripes`` in;
+``probs`` out), so every backend sees the same arrays and results compare element by element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_PROBS
+from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig, provider_status
+from asc_deploy.trt_runner import TensorRTRunner
+from asc_deploy.trt_runner import available as tensorrt_available
+
+
+class TorchRunner:
+    """The reference: the checkpoint's model as trained (eval mode, nothing folded), fp32, in
+    torch eager on CPU or CUDA, behind the same feed/result names as the ONNX graphs."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+        self.checkpoint, self.device = Path(checkpoint), device
+        self.name = f"torch-{device}"
+        self.model = None
+
+    def activate(self) -> None:
+        import torch
+
+        from asc_deploy.models import LogMelFrontend, TTAClassifier, build_model, load_checkpoint
+
+        self._torch = torch
+        self.model = TTAClassifier(LogMelFrontend(), build_model(load_checkpoint(self.checkpoint))).to(self.device).eval()
+
+    def infer(self, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        torch = self._torch
+        waveform = torch.from_numpy(feed[INPUT_WAVEFORM]).to(self.device)
+        if INPUT_TIME_STRIPES in feed:
+            time, freq = (torch.from_numpy(feed[k]).to(self.device) for k in (INPUT_TIME_STRIPES, INPUT_FREQ_STRIPES))
+        else:  # single pass: one pass without stripes
+            time = freq = torch.zeros(1, 0, 2, dtype=torch.int64, device=self.device)
+        with torch.inference_mode():
+            probs = self.model(waveform, time, freq)
+        if self.device != "cpu":
+            torch.cuda.synchronize()
+        return {OUTPUT_PROBS: probs.cpu().numpy()}
+
+    def deactivate(self) -> None:
+        self.model = None
+
+    def __enter__(self) -> TorchRunner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend to benchmark: ``kind`` is "torch", "onnxruntime" or "tensorrt"; ``provider``
+    the onnxruntime provider (cpu, cuda, tensorrt) or the torch device (cpu, cuda)."""
+
+    kind: str
+    provider: str
+
+    @property
+    def name(self) -> str:
+        return {"torch": f"torch-{self.provider}", "onnxruntime": f"onnxruntime-{self.provider}", "tensorrt": "tensorrt"}[self.kind]
+
+
+def backend_specs(kinds: list[str]) -> list[BackendSpec]:
+    """Expand ``--backends`` names: torch -> torch on CPU and CUDA, onnxruntime -> its CPU, CUDA
+    and TensorRT providers, tensorrt -> native engines."""
+    expand = {
+        "torch": [BackendSpec("torch", "cpu"), BackendSpec("torch", "cuda")],
+        "onnxruntime": [BackendSpec("onnxruntime", p) for p in ("cpu", "cuda", "tensorrt")],
+        "tensorrt": [BackendSpec("tensorrt", "gpu")],
+    }
+    unknown = [k for k in kinds if k not in expand]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {unknown}: choose from {sorted(expand)}")
+    return [spec for kind in kinds for spec in expand[kind]]
+
+
+def availability(spec: BackendSpec) -> tuple[bool, str]:
+    """(usable here, reason if not), without loading anything heavy."""
+    if spec.kind == "torch":
+        if spec.provider == "cpu":
+            return True, ""
+        import torch
+
+        return (True, "") if torch.cuda.is_available() else (False, "no CUDA GPU for torch")
+    if spec.kind == "onnxruntime":
+        return provider_status(spec.provider)
+    return tensorrt_available()
+
+
+def make_runner(spec: BackendSpec, model: Path, checkpoint: Path | None, session: SessionConfig = SessionConfig()):
+    """The runner of ``spec`` over ``model`` (ONNX file or engine); torch needs the checkpoint."""
+    if spec.kind == "torch":
+        return TorchRunner(checkpoint, spec.provider)
+    if spec.kind == "onnxruntime":
+        return OnnxRuntimeRunner(model, spec.provider, session)
+    return TensorRTRunner(model)

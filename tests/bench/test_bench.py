@@ -1,0 +1,103 @@
+"""asc-bench end to end on a tiny synthetic set: JSON report, recomputed metrics, parity gate."""
+
+import csv
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.metrics import log_loss
+
+from asc_deploy.bench.cli import main
+from asc_deploy.export.onnx_export import export_onnx
+from asc_deploy.labels import CLASS_LABELS
+from asc_deploy.models import Cnn6
+from asc_deploy.train.synth import make_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 1 s synthetic set (90 evaluate clips) and a seeded random-weight checkpoint whose
+    probabilities are far from 0 and 1, so log losses compare without clipping effects."""
+    folder = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    model = Cnn6()
+    with torch.no_grad():
+        for bn in [model.bn0, *(b.bn for b in model.blocks)]:
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+        model.bn0.running_mean.fill_(-40)  # log-mel in dB: centre it
+        model.bn0.running_var.fill_(400)
+    torch.save({"net": model.state_dict(), "config": {"spec_aug": [20, 2, 32, 2]}}, folder / "random.pth")
+    return make_dataset(folder / "data", clips_per_class_device=1, seconds=1.0, seed=0), folder / "random.pth", folder
+
+
+def test_bench_report_parity_and_metrics(tiny):
+    data, checkpoint, folder = tiny
+    report_dir = folder / "report"
+    result = CliRunner().invoke(main, ["--model", str(checkpoint), "--data", str(data), "--nb-aug", "4", "--backends",
+                                       "torch,onnxruntime", "--precision", "fp32,fp16", "--report", str(report_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((report_dir / "report.json").read_text())
+    ran = {(r["backend"], r["precision"]): r for r in report["runs"] if r["status"] == "ok"}
+    assert set(ran) == {("torch-cpu", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16")}
+    skipped = [r for r in report["runs"] if r["status"] == "skipped"]
+    assert skipped and all(r["reason"] for r in skipped)
+    assert ran[("torch-cpu", "fp32")].get("reference")
+    for key in [("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16")]:
+        assert ran[key]["parity"]["passed"], ran[key]["parity"]
+    assert ran[("onnxruntime-cpu", "fp32")]["parity"]["max_abs_prob"] <= 1e-3
+    assert report["clips"] == 90 and report["nb_aug"] == 4
+
+    clips = list(csv.DictReader(open(data / "evaluation_setup" / "fold1_evaluate.csv"), delimiter="\t"))
+    truth = {row["filename"].removeprefix("audio/"): CLASS_LABELS.index(row["scene_label"]) for row in clips}
+    for (backend, precision), run in ran.items():
+        rows = list(csv.reader(open(report_dir / "dcase" / f"asc_deploy_{backend}_{precision}.output.csv"), delimiter="\t"))
+        assert rows[0] == ["filename", "scene_label", *CLASS_LABELS]
+        probs = np.array([[float(v) for v in row[2:]] for row in rows[1:]])
+        labels = np.array([truth[row[0]] for row in rows[1:]])
+        classwise = [log_loss(labels[labels == c], probs[labels == c], labels=range(10)) for c in range(10)]
+        assert run["metrics"]["logloss"] == pytest.approx(np.mean(classwise), abs=1e-6)
+        assert run["metrics"]["micro_logloss"] == pytest.approx(log_loss(labels, probs, labels=range(10)), abs=1e-6)
+        accuracy = np.mean([np.mean(probs[labels == c].argmax(1) == c) for c in range(10)])
+        assert run["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+        assert set(run["metrics"]["device_wise"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
+        assert 0 <= run["metrics"]["ece"] <= 1
+        assert run["timing"]["latency_p50_ms"] > 0 and run["timing"]["throughput_clips_per_s"] > 0
+    for name in ("report.md", "reliability.png", "confusion.png"):
+        assert (report_dir / name).stat().st_size > 0
+    assert "torch-cpu" in result.output and "report:" in result.output
+
+
+def test_perturbed_model_breaks_parity(tiny):
+    data, checkpoint, folder = tiny
+    model = onnx.load(str(export_onnx(checkpoint, folder / "good.onnx")))
+    bias = next(t for t in model.graph.initializer if t.name == "cnn.fc2.bias")
+    values = onnx.numpy_helper.to_array(bias).copy()
+    values[3] += 2.0  # one weight changed
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(folder / "perturbed.onnx"))
+    result = CliRunner().invoke(main, ["--model", str(folder / "perturbed.onnx"), "--reference", str(checkpoint), "--data", str(data),
+                                       "--nb-aug", "0", "--backends", "torch,onnxruntime", "--report", str(folder / "bad")])
+    assert result.exit_code == 1
+    assert "parity broken: onnxruntime-cpu fp32: max_abs_prob" in result.output
+    report = json.loads((folder / "bad" / "report.json").read_text())
+    assert [r["status"] for r in report["runs"] if r["backend"] == "onnxruntime-cpu"] == ["parity-broken"]
+
+
+def test_bad_options_are_one_line_errors(tiny):
+    data, checkpoint, folder = tiny
+    runner = CliRunner()
+    for args, message in [
+        (["--precision", "fp8"], "unknown precision"),
+        (["--backends", "openvino"], "unknown backend"),
+        (["--tolerance", "fp16.nope=1"], "bad tolerance"),
+        (["--nb-aug", "-1"], "--nb-aug must be >= 0"),
+    ]:
+        result = runner.invoke(main, ["--model", str(checkpoint), "--data", str(data), "--report", str(folder / "x"), *args])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    result = runner.invoke(main, ["--model", str(folder / "missing.pth"), "--data", str(data), "--report", str(folder / "x")])
+    assert result.exit_code == 1 and "missing.pth" in result.output

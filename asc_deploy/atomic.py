@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600; give the result the mode a plain open() would (or the old file's).
+        os.chmod(tmp, _mode_for(dest))
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -34,6 +37,16 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _mode_for(dest: Path) -> int:
+    """Permission bits for ``dest``: those of the file it replaces, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(dest.stat().st_mode)
+    except OSError:
+        umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager

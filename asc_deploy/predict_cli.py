@@ -87,6 +87,9 @@ def main(model_path: str, files: tuple[str, ...], output: str | None, as_json: b
     except (AscError, ValueError) as err:
         click.echo(f"asc-predict: error: {err}", err=True)
         sys.exit(1)
+    except OSError as err:  # the output cannot be written (its folder is a file, no permission, disk full...)
+        click.echo(f"asc-predict: error: cannot write the output: {err}", err=True)
+        sys.exit(1)
     if failed:
         click.echo(f"asc-predict: {len(failed)} of {len(files)} files failed:", err=True)
         for name, _, error in failed:

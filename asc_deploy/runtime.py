@@ -7,6 +7,7 @@ probabilities. A TTA model draws its SpecAugment stripes on the host from ``seed
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import onnx
 
 from asc_deploy.audio import iter_windows, split_windows, validate_waveform
 from asc_deploy.errors import AscError
-from asc_deploy.labels import num_frames
+from asc_deploy.labels import CLIP_SAMPLES, SAMPLE_RATE, num_frames
 from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_PROBS, ModelMetadata
 from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig
 from asc_deploy.stripes import tta_stripes
@@ -67,6 +68,10 @@ class Classifier:
                  hop_seconds: float = 10.0, session: SessionConfig = SessionConfig()) -> None:
         if tta_passes < 1:
             raise ValueError(f"tta_passes must be >= 1, got {tta_passes}")
+        # The windowing's own check (asc_deploy.audio) would only fire per file, and NaN or inf
+        # would escape it as ValueError/OverflowError from round().
+        if not (math.isfinite(hop_seconds) and 0 < round(hop_seconds * SAMPLE_RATE) <= CLIP_SAMPLES):
+            raise ValueError(f"hop_seconds must be in (0, {CLIP_SAMPLES / SAMPLE_RATE:g}] s, got {hop_seconds}")
         self.model_path = Path(model_path)
         self.metadata = read_model_metadata(model_path)
         self.labels = self.metadata.labels
@@ -74,6 +79,18 @@ class Classifier:
         self.tta_passes, self.seed, self.hop_seconds = tta_passes, seed, hop_seconds
         self._runner = OnnxRuntimeRunner(model_path, provider, session)
         self._runner.activate()
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """Refuse a graph whose inputs/outputs break the model contract (metadata copied onto
+        another graph), instead of failing at the first ``infer`` with onnxruntime's message."""
+        session = self._runner.session
+        inputs = sorted(i.name for i in session.get_inputs())
+        outputs = sorted(o.name for o in session.get_outputs())
+        need = sorted([INPUT_WAVEFORM] + ([INPUT_TIME_STRIPES, INPUT_FREQ_STRIPES] if self.metadata.variant == "tta" else []))
+        if inputs != need or OUTPUT_PROBS not in outputs:
+            raise AscError(f"not an asc-deploy {self.metadata.variant} model graph: inputs {inputs}, outputs {outputs} "
+                           f"(need inputs {need} and output {OUTPUT_PROBS!r})", self.model_path)
 
     def feed(self, waveforms: np.ndarray) -> dict[str, np.ndarray]:
         """The model inputs for (batch, samples) float32 waveforms of one length."""
@@ -88,8 +105,8 @@ class Classifier:
         """(batch, samples) float32 waveforms at 44.1 kHz, one length -> (batch, classes) probabilities."""
         return self._runner.infer(self.feed(waveforms), [OUTPUT_PROBS])[OUTPUT_PROBS]
 
-    def _predict_windows(self, windows: Iterable[np.ndarray]) -> Prediction:
-        total, count, pending = None, 0, []
+    def _predict_windows(self, windows: Iterable[np.ndarray], name: str | Path) -> Prediction:
+        total, count, pending, peak = None, 0, [], 0.0
 
         def flush() -> None:
             nonlocal total, count
@@ -102,17 +119,21 @@ class Classifier:
             if pending and window.shape != pending[0].shape:
                 flush()
             pending.append(window)
+            peak = max(peak, float(np.abs(window).max()))
             if len(pending) == WINDOWS_PER_CALL:
                 flush()
         if pending:
             flush()
         probs = (total / count).astype(np.float32)
+        if not np.isfinite(probs).all():  # e.g. float PCM near 1e17: the power spectrum overflows float32
+            hint = "; audio is expected within [-1, 1]" if peak > 1 else ""
+            raise AscError(f"the model gave non-finite probabilities (peak sample amplitude {peak:.3g}{hint})", name)
         return Prediction(label=self.labels[int(np.argmax(probs))], probs=probs, labels=self.labels, windows=count)
 
     def predict(self, source: str | Path | np.ndarray) -> Prediction:
         """Classify an audio file (any rate or channel count; streamed) or a waveform array
         (mono float at 44.1 kHz, shape (samples,))."""
         if isinstance(source, np.ndarray):
-            return self._predict_windows(split_windows(validate_waveform(source), hop_seconds=self.hop_seconds))
-        return self._predict_windows(iter_windows(source, hop_seconds=self.hop_seconds))
+            return self._predict_windows(split_windows(validate_waveform(source), hop_seconds=self.hop_seconds), "<array>")
+        return self._predict_windows(iter_windows(source, hop_seconds=self.hop_seconds), source)
 

@@ -24,10 +24,14 @@ def draw_stripes(rng: np.random.Generator, passes: int, num_stripes: int, max_wi
 def tta_stripes(spec_aug: Sequence[int], passes: int, frames: int, mel_bins: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Time and frequency stripes for ``passes`` TTA passes over a (frames, mel_bins) log-mel.
 
-    ``spec_aug`` is the model's ``[T, n, F, m]``; an empty one gives zero-width stripes (identity).
+    ``spec_aug`` is the model's ``[T, n, F, m]``. An axis without stripes (empty ``spec_aug`` or a
+    count of 0) gets one zero-width stripe: the graph reduces over the stripe axis, which must not
+    be empty.
     """
-    if not spec_aug:
-        return np.zeros((passes, 0, 2), np.int64), np.zeros((passes, 0, 2), np.int64)
-    time_width, time_count, freq_width, freq_count = (int(v) for v in spec_aug)
+    time_width, time_count, freq_width, freq_count = (int(v) for v in spec_aug) if spec_aug else (0, 0, 0, 0)
     rng = np.random.default_rng(seed)
-    return (draw_stripes(rng, passes, time_count, time_width, frames), draw_stripes(rng, passes, freq_count, freq_width, mel_bins))
+
+    def axis(count: int, width: int, size: int) -> np.ndarray:
+        return draw_stripes(rng, passes, count, width, size) if count else np.zeros((passes, 1, 2), np.int64)
+
+    return axis(time_count, time_width, frames), axis(freq_count, freq_width, mel_bins)

@@ -1,0 +1,415 @@
+"""Training of :class:`Cnn6` with SP4ASC's recipe, alone or under torchrun.
+
+Per step: waveform (batch, samples) -> the shared :class:`LogMelFrontend` on the training
+device (float32, outside autocast) -> optional mixup of log-mel and one-hot targets -> Cnn6
+(SpecAugment inside, training mode; fp16 autocast on CUDA) -> cross-entropy or focal loss on
+the (soft) targets -> AdamW step. CosineAnnealingLR is stepped once per epoch. After each
+epoch (every ``eval_every``) rank 0 scores the evaluate split as DCASE does, then writes
+``OUT/last.pth`` (and ``OUT/best.pth`` when the evaluate log loss improves) atomically, a line
+of ``OUT/metrics.jsonl`` and TensorBoard scalars under ``OUT/tensorboard``.
+
+Reproducibility: the data order and every random draw of epoch e are functions of (seed, e,
+rank), so ``resume`` from last.pth repeats an interrupted epoch exactly (on CPU, with the same
+number of processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from asc_deploy.atomic import atomic_open, atomic_path
+from asc_deploy.errors import AscError
+from asc_deploy.labels import NUM_CLASSES, SAMPLE_RATE
+from asc_deploy.metrics import classwise_log_loss_accuracy, groupwise
+from asc_deploy.models.checkpoint import OWN_FORMAT
+from asc_deploy.models.cnn6 import Cnn6
+from asc_deploy.models.frontend import LogMelFrontend
+from asc_deploy.train.config import TrainConfig, config_from_dict, config_to_dict
+from asc_deploy.train.dataset import Clip, SceneDataset, load_clip, read_split
+
+MACHINE_KEYS = frozenset({"num_workers"})  # config keys a resumed run may change
+
+
+# --- losses and augmentation ---------------------------------------------------------------
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
+    """FL = -sum_c y_c (1 - p_c)^gamma ln p_c, mean over the batch (0-d float32 tensor).
+
+    logits (batch, classes); targets (batch, classes), one-hot or mixed rows summing to 1.
+    gamma 0 is the cross-entropy with soft targets.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    weights = targets if gamma == 0 else targets * (1.0 - log_probs.exp()) ** gamma
+    return -(weights * log_probs).sum(dim=-1).mean()
+
+
+def mixup(logmel: torch.Tensor, targets: torch.Tensor, lam: float, permutation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each example with example ``permutation[i]`` of the same batch: lam * own + (1 - lam) * other.
+
+    logmel (batch, 1, frames, mel_bins), targets (batch, classes), permutation (batch,) int64.
+    """
+    return lam * logmel + (1.0 - lam) * logmel[permutation], lam * targets + (1.0 - lam) * targets[permutation]
+
+
+def train_step(
+    model: nn.Module,
+    frontend: LogMelFrontend,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    waveform: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on waveform (batch, samples) float32 and labels (batch,) int64, both on
+    the training device. ``model`` (Cnn6 or DDP-wrapped) must be in training mode.
+
+    Mixup's lambda ~ Beta(alpha, alpha) and permutation come from torch's global CPU generator.
+    Returns the loss and the number of clips whose largest logit is their label (0-d tensors).
+    """
+    with torch.no_grad():
+        logmel = frontend(waveform)
+    targets = F.one_hot(labels, NUM_CLASSES).float()
+    if config.mixup_alpha is not None:
+        lam = float(torch.distributions.Beta(config.mixup_alpha, config.mixup_alpha).sample())
+        logmel, targets = mixup(logmel, targets, lam, torch.randperm(len(labels)).to(waveform.device))
+    with torch.autocast(waveform.device.type, enabled=waveform.device.type == "cuda"):
+        logits = model(logmel)
+    loss = focal_loss(logits, targets, config.focal_gamma if config.loss == "focal" else 0.0)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), (logits.argmax(dim=-1) == labels).sum()
+
+
+@torch.no_grad()
+def predict(model: Cnn6, frontend: LogMelFrontend, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Class probabilities (clips, classes) float64 of the loader's clips in loader order, computed
+    in eval mode (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    probs = []
+    for waveform, _, _ in loader:
+        logmel = frontend(waveform.to(device, non_blocking=True))
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            logits = model(logmel)
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu().double().numpy())
+    model.train(was_training)
+    return np.concatenate(probs)
+
+
+def score(probs: np.ndarray, clips: Sequence[Clip]) -> dict[str, Any]:
+    """DCASE scores of probabilities (clips, classes) overall and per device (key "devices")."""
+    labels = np.array([clip.label for clip in clips])
+    scores = classwise_log_loss_accuracy(probs, labels, NUM_CLASSES)
+    scores["devices"] = groupwise(probs, labels, [clip.device or "unknown" for clip in clips], NUM_CLASSES)
+    return scores
+
+
+def device_table(scores: dict[str, Any]) -> str:
+    """Device-wise log loss and macro accuracy of :func:`score`'s result, as a text table."""
+    rows = [(str(device), s) for device, s in scores["devices"].items()] + [("overall", scores)]
+    lines = [f"{'device':<10}{'clips':>7}{'log loss':>10}{'accuracy':>10}"]
+    lines += [f"{name:<10}{s['count']:>7}{s['logloss']:>10.3f}{s['accuracy']:>10.1%}" for name, s in rows]
+    return "\n".join(lines)
+
+
+# --- processes and devices ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Runtime:
+    """This process: its device, rank and the number of processes (1 without torchrun)."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@contextlib.contextmanager
+def runtime(device: str | None) -> Iterator[Runtime]:
+    """The process's runtime; under torchrun (WORLD_SIZE > 1) a process group (nccl on CUDA,
+    gloo on CPU) that is destroyed on exit. ``device``: "cpu", "cuda" or None (CUDA if present)."""
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise AscError("--device cuda: no CUDA GPU is available to this process")
+    target = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if kind == "cuda" else torch.device("cpu")
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
+    if world_size > 1:
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    try:
+        yield Runtime(target, rank, world_size)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of epoch ``epoch`` (1-based) on process ``rank``."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+# --- checkpoints and logs -----------------------------------------------------------------
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """torch.save ``payload`` to ``path`` atomically; on failure the previous file is unchanged
+    and AscError names the file and the problem."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as exc:
+        raise AscError(f"cannot write checkpoint ({exc.strerror or exc}); the previous one is unchanged", path) from exc
+
+
+def read_resume_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    """last.pth of an asc-train run with the same config (except MACHINE_KEYS), read with weights_only."""
+    if not path.is_file():
+        raise AscError("nothing to resume: no checkpoint here", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling, zip and I/O errors of a damaged file
+        raise AscError(f"cannot read checkpoint: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", path) from exc
+    if not isinstance(payload, dict) or payload.get("format") != OWN_FORMAT:
+        raise AscError("not a checkpoint written by asc-train", path)
+    saved = config_from_dict(payload["config"], path)
+    changed = [key for key in config_to_dict(config) if key not in MACHINE_KEYS and getattr(saved, key) != getattr(config, key)]
+    if changed:
+        shown = ", ".join(f"{key} {getattr(saved, key)!r} -> {getattr(config, key)!r}" for key in changed)
+        raise AscError(f"cannot resume with a different config ({shown})", path)
+    return payload
+
+
+def _record_epoch(line: str) -> float:
+    """The epoch of a metrics.jsonl line; infinity for a line cut short by a killed writer."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+class RunLog:
+    """Rank 0's per-epoch records: OUT/metrics.jsonl (one JSON object per line) and TensorBoard.
+
+    Records of epochs after ``completed`` (left by an interrupted run) are dropped first.
+    """
+
+    def __init__(self, out_dir: Path, completed: int) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        if self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if _record_epoch(line) <= completed]
+            with atomic_open(self.path, "w", encoding="utf-8") as f:
+                f.writelines(line + "\n" for line in kept)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            click.echo("warning: tensorboard is not installed, so TensorBoard logging is off", err=True)
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=completed + 1 if completed else None)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and value is not None:
+                    self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --- the training run ---------------------------------------------------------------------
+
+def _loader(dataset: SceneDataset, config: TrainConfig, device: torch.device, sampler: DistributedSampler | None) -> DataLoader:
+    """Batches of (waveform, label, index) in sampler order (file order without a sampler)."""
+    workers = min(config.num_workers, os.cpu_count() or 1)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _progress(loader: DataLoader, show: bool, label: str, stats: dict[str, float]) -> contextlib.AbstractContextManager:
+    """A click progress bar over ``loader`` showing the running loss and accuracy in ``stats``."""
+    if not show:
+        return contextlib.nullcontext(loader)
+
+    def status(_: object) -> str:
+        clips = max(stats["clips"], 1.0)
+        return f"loss {stats['loss'] / clips:.3f} acc {stats['correct'] / clips:.1%}"
+
+    return click.progressbar(loader, label=label, item_show_func=status, file=sys.stderr)
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint restores besides the config: weights, optimiser, schedule, AMP scaler."""
+
+    model: Cnn6
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def create(cls, config: TrainConfig, device: torch.device) -> TrainingState:
+        """Fresh state: weights drawn from ``config.seed``, AdamW, cosine schedule over the epochs."""
+        torch.manual_seed(config.seed)
+        model = Cnn6(dropout=config.dropout, spec_aug=config.spec_aug).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.eta_min)
+        return cls(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=device.type == "cuda"))
+
+    def payload(self, config: TrainConfig, epoch: int, best_metric: float | None) -> dict[str, Any]:
+        """The checkpoint after ``epoch`` epochs: tensors and plain Python values only (weights_only)."""
+        cuda = next(self.model.parameters()).device.type == "cuda"
+        return {
+            "format": OWN_FORMAT,
+            "net": self.model.state_dict(),
+            "config": config_to_dict(config),
+            "epoch": epoch,
+            "optim": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+            "best_metric": best_metric,
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Load a :meth:`payload` (the CUDA generators only where the GPU count matches)."""
+        self.model.load_state_dict(payload["net"])
+        self.optimizer.load_state_dict(payload["optim"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if payload["rng"]["cuda"] and len(payload["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+
+
+def train_epoch(net: nn.Module, frontend: LogMelFrontend, state: TrainingState, loader: DataLoader, config: TrainConfig, rt: Runtime, label: str) -> dict[str, float]:
+    """One pass over ``loader`` with :func:`train_step`; returns the summed "loss" (per clip),
+    "correct" and "clips" over all processes. Rank 0 shows a progress bar."""
+    stats = {"loss": 0.0, "correct": 0.0, "clips": 0.0}
+    with _progress(loader, rt.is_main, label, stats) as batches:
+        for waveform, labels, _ in batches:
+            waveform, labels = waveform.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
+            loss, correct = train_step(net, frontend, state.optimizer, state.scaler, waveform, labels, config)
+            stats["loss"] += loss.item() * len(labels)
+            stats["correct"] += correct.item()
+            stats["clips"] += len(labels)
+    if rt.world_size > 1:
+        totals = torch.tensor(list(stats.values()), dtype=torch.float64, device=rt.device)
+        dist.all_reduce(totals)
+        stats = dict(zip(stats, totals.tolist()))
+    return stats
+
+
+def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, device: str | None = None, resume: bool = False) -> dict[str, Any] | None:
+    """Train on ``data_dir`` (TAU 2020 Mobile layout) into ``out_dir``; see the module docstring.
+
+    ``device``: "cpu", "cuda" or None (CUDA if present). ``resume`` continues from
+    ``out_dir/last.pth``; without it an ``out_dir`` holding a run is refused. Returns rank 0's
+    scores of the last epoch (:func:`score`), or None on other ranks and when nothing was left.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise AscError("data folder not found", data_dir)
+    if not resume and (out_dir / "last.pth").exists():
+        raise AscError("already holds a training run (last.pth): pass --resume to continue it or choose another --out", out_dir)
+    with runtime(device) as rt:
+        return _run(config, data_dir, out_dir, rt, resume)
+
+
+def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume: bool) -> dict[str, Any] | None:
+    last, best = out_dir / "last.pth", out_dir / "best.pth"
+    train_clips = read_split(data_dir, "train")
+    samples = load_clip(train_clips[0]).shape[0]
+    train_set = SceneDataset(train_clips, expected_samples=samples)
+    sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
+    train_loader = _loader(train_set, config, rt.device, sampler)
+    eval_clips = read_split(data_dir, "evaluate") if rt.is_main else []
+    eval_loader = _loader(SceneDataset(eval_clips, expected_samples=samples), config, rt.device, None)
+
+    state = TrainingState.create(config, rt.device)
+    frontend = LogMelFrontend().to(rt.device)
+    completed, best_metric = 0, None
+    if resume:
+        payload = read_resume_checkpoint(last, config)
+        state.restore(payload)
+        completed, best_metric = payload["epoch"], payload["best_metric"]
+    net = state.model if rt.world_size == 1 else DistributedDataParallel(state.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    log = RunLog(out_dir, completed) if rt.is_main else None
+    if rt.is_main:
+        click.echo(
+            f"training on {rt.device} x {rt.world_size}: {len(train_clips)} train and {len(eval_clips)} evaluate clips of "
+            f"{samples / SAMPLE_RATE:g} s, epochs {completed + 1}-{config.epochs}, {config_to_dict(config)}",
+            err=True,
+        )
+        if completed >= config.epochs:
+            click.echo(f"nothing to do: {last} already holds epoch {completed} of {config.epochs}", err=True)
+    scores = None
+    for epoch in range(completed + 1, config.epochs + 1):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(config.seed, epoch, rt.rank))
+        stats = train_epoch(net, frontend, state, train_loader, config, rt, f"epoch {epoch}/{config.epochs}")
+        lr = state.scheduler.get_last_lr()[0]
+        state.scheduler.step()
+        if not rt.is_main:
+            continue
+        evaluate = epoch % config.eval_every == 0 or epoch == config.epochs
+        scores = score(predict(state.model, frontend, eval_loader, rt.device), eval_clips) if evaluate else None
+        improved = scores is not None and (best_metric is None or scores["logloss"] < best_metric)
+        best_metric = scores["logloss"] if improved else best_metric
+        record = {
+            "epoch": epoch,
+            "train_loss": stats["loss"] / stats["clips"],
+            "train_accuracy": stats["correct"] / stats["clips"],
+            "eval_logloss": scores["logloss"] if scores else None,
+            "eval_accuracy": scores["accuracy"] if scores else None,
+            "lr": lr,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        log.write(record)
+        payload = state.payload(config, epoch, best_metric)
+        save_checkpoint(payload, last)
+        if improved:
+            save_checkpoint(payload, best)
+        evaluated = f", evaluate log loss {scores['logloss']:.3f} accuracy {scores['accuracy']:.1%}" if scores else ""
+        click.echo(f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.3f} accuracy {record['train_accuracy']:.1%}"
+                   f"{evaluated}, lr {lr:.2e}, {record['seconds']:.1f} s", err=True)
+    if log is not None:
+        log.close()
+    if rt.world_size > 1:
+        dist.barrier()
+    if scores is not None:
+        click.echo(f"evaluate split after epoch {config.epochs}, by device:\n{device_table(scores)}")
+    return scores

@@ -58,7 +58,7 @@ def _read_table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[st
     if not path.is_file():
         raise AscError("file not found (expected the TAU Urban Acoustic Scenes layout)", path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not part of the header
     except (OSError, UnicodeDecodeError) as exc:
         raise AscError(f"cannot read: {exc}", path) from exc
     header = [name.strip() for name in lines[0].split("\t")] if lines else []
@@ -88,18 +88,21 @@ def _audio_path(root: Path, filename: str, csv_path: Path, number: int) -> Path:
 
 
 def _devices(root: Path, required: bool) -> dict[str, str]:
-    """filename -> device (source_label) from meta.csv; {} when it is absent and not ``required``."""
+    """filename -> device (source_label) from meta.csv. Unless ``required``, a missing meta.csv
+    or one without a source_label column (evaluation sets) gives {}."""
     meta = root / "meta.csv"
     if not required and not meta.exists():
         return {}
-    return {row["filename"]: row["source_label"] for _, row in _read_table(meta, ("filename", "source_label"))}
+    rows = _read_table(meta, ("filename", "source_label") if required else ("filename",))
+    return {row["filename"]: row["source_label"] for _, row in rows if "source_label" in row}
 
 
 def read_split(root: str | Path, split: str) -> list[Clip]:
     """The clips of ``split`` ("train", "evaluate" or "test") of the data set under ``root``.
 
     Labels come from evaluation_setup/fold1_<split>.csv (None for "test"), devices from
-    meta.csv, which may be absent for "test" only (then every device is None). Raises AscError
+    meta.csv, which may be absent or lack source_label for "test" only (then every device is
+    None). Raises AscError
     naming the file for: a missing CSV or audio file, an unknown scene label, a malformed row,
     a duplicate entry, a filename that is absolute or has ``..`` components, an empty split.
     """

@@ -67,6 +67,9 @@ def test_splits_labels_and_devices(root: Path) -> None:
 
 
 def test_test_split_without_meta_has_no_devices(root: Path) -> None:
+    _table(root / "meta.csv", ["filename", "audio/park-paris-3-0-a.wav"])  # as in evaluation sets
+    assert [(c.label, c.device) for c in read_split(root, "test")] == [(None, None), (None, None)]
+    assert "meta.csv: header ['filename'] lacks column(s) ['source_label']" in _error(root, "evaluate")
     (root / "meta.csv").unlink()
     assert [(c.label, c.device) for c in read_split(root, "test")] == [(None, None), (None, None)]
     assert "meta.csv: file not found" in _error(root, "train")

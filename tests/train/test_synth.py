@@ -128,7 +128,7 @@ def test_cli_overwrites_and_same_arguments_give_the_same_bytes(data: Path, tmp_p
     assert refused.exit_code == 1
     assert refused.output == (
         f"Error: {out}: already contains a different synthetic data set "
-        "({'generator': 'asc-synth', 'seed': 1}); pass --overwrite to replace it\n"
+        '({"generator": "asc-synth", "seed": 1}); pass --overwrite to replace it\n'
     )
     result = runner.invoke(main, [str(out), *CLI_ARGS, "--overwrite"])
     assert result.exit_code == 0, result.output

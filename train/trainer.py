@@ -161,6 +161,8 @@ def runtime(device: str | None) -> Iterator[Runtime]:
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
     try:
         yield Runtime(target, rank, world_size)
+        if world_size > 1:
+            dist.barrier()  # leave together: gloo can abort a rank whose peer tore down first
     finally:
         if world_size > 1:
             dist.destroy_process_group()

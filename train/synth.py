@@ -532,3 +532,7 @@ def main(out_dir: Path, clips_per_class_device: int, seconds: float, seed: int, 
         raise click.ClickException(str(exc)) from exc
     train, evaluate = split_sizes(clips_per_class_device)
     click.echo(f"wrote {train} train and {evaluate} evaluate clips of {seconds:g} s to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,7 @@ from asc_deploy.metrics import classwise_log_loss_accuracy, groupwise
 from asc_deploy.models.checkpoint import OWN_FORMAT
 from asc_deploy.models.cnn6 import Cnn6
 from asc_deploy.models.frontend import LogMelFrontend
+from asc_deploy.train.allocator import keep_freed_memory
 from asc_deploy.train.config import TrainConfig, config_from_dict, config_to_dict
 from asc_deploy.train.dataset import Clip, SceneDataset, load_clip, read_split
 
@@ -347,6 +348,8 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, device
     if not resume and (out_dir / "last.pth").exists():
         raise AscError("already holds a training run (last.pth): pass --resume to continue it or choose another --out", out_dir)
     with runtime(device) as rt:
+        if rt.device.type == "cpu":
+            keep_freed_memory()  # about 2x faster steps on the CPU, see train/allocator.py
         return _run(config, data_dir, out_dir, rt, resume)
 
 

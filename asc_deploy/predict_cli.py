@@ -18,7 +18,7 @@ import click
 
 from asc_deploy.atomic import atomic_open
 from asc_deploy.errors import AscError
-from asc_deploy.runtime import DEFAULT_TTA_PASSES, Classifier, Prediction
+from asc_deploy.runtime import DEFAULT_PASSES_PER_CALL, DEFAULT_TTA_PASSES, Classifier, Prediction
 
 Row = tuple[str, Prediction | None, str]  # filename, prediction, error
 
@@ -69,14 +69,17 @@ def _write_json(out: IO[str], rows: Iterator[Row]) -> list[Row]:
 @click.option("--tta-passes", default=DEFAULT_TTA_PASSES, show_default=True, help="SpecAugment passes of a TTA model.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the TTA stripes.")
 @click.option("--hop-seconds", default=10.0, show_default=True, help="Hop between 10 s windows of long files.")
+@click.option("--passes-per-call", default=DEFAULT_PASSES_PER_CALL, show_default=True, type=click.IntRange(min=1),
+              help="10 s CNN passes per onnxruntime call (windows, TTA passes): more is faster and takes more memory.")
 def main(model_path: str, files: tuple[str, ...], output: str | None, as_json: bool, strict: bool, provider: str,
-         tta_passes: int, seed: int, hop_seconds: float) -> None:
+         tta_passes: int, seed: int, hop_seconds: float, passes_per_call: int) -> None:
     """Classify FILES (wav, flac, ogg; any rate and channel count) with MODEL.
 
     CSV columns: filename, scene_label, the ten class probabilities (DCASE order), error.
     """
     try:
-        classifier = Classifier(model_path, provider=provider, tta_passes=tta_passes, seed=seed, hop_seconds=hop_seconds)
+        classifier = Classifier(model_path, provider=provider, tta_passes=tta_passes, seed=seed, hop_seconds=hop_seconds,
+                                passes_per_call=passes_per_call)
         rows = _rows(classifier, files, strict)
         write = (lambda out: _write_json(out, rows)) if as_json else (lambda out: _write_csv(out, classifier.labels, rows))
         if output:

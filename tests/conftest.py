@@ -9,6 +9,8 @@ import pytest
 
 from tests.shared_data import SP4ASC, checkpoint_path
 
+RANDOM_MODEL_SEED = 20240607
+
 
 @pytest.fixture(scope="session")
 def reference() -> dict[str, np.ndarray]:
@@ -40,5 +42,56 @@ def exported(tmp_path_factory):
         if key not in cache:
             cache[key] = export_onnx(checkpoint_path(tag), folder / f"{tag}.{precision}.{'tta' if tta else 'single'}.onnx", precision, tta)
         return cache[key]
+
+    return get
+
+
+def _export_random(base: Path) -> tuple[Path, Path]:
+    """(checkpoint, ONNX) of a seeded random Cnn6 under ``base``, exported once per session."""
+    ckpt, model = base / "random.pth", base / "random.onnx"
+    if not model.exists():
+        import torch
+
+        from asc_deploy.export.onnx_export import export_onnx
+        from asc_deploy.models import Cnn6
+
+        base.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(RANDOM_MODEL_SEED)
+        torch.save({"net": Cnn6().state_dict()}, ckpt)
+        export_onnx(ckpt, model)
+    return ckpt, model
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An asc-export ONNX (fp32, single pass) of a seeded random Cnn6; needs no ../shared."""
+    return _export_random(tmp_path_factory.getbasetemp() / "asc-random-model")[1]
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SP4ASC-layout checkpoint ``{"net": state_dict}`` the random model was exported from."""
+    return _export_random(tmp_path_factory.getbasetemp() / "asc-random-model")[0]
+
+
+@pytest.fixture(scope="session")
+def calibration_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic data set (1 clip per class and device, 1 s) whose train split calibrates int8."""
+    from asc_deploy.train.synth import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("calibration") / "synth", 1, 1.0, 0)
+
+
+@pytest.fixture(scope="session")
+def int8(exported, calibration_dir, tmp_path_factory):
+    """int8(tta) -> path of an int8 model quantised from the official "ce" checkpoint's fp32 export (cached)."""
+    from asc_deploy.export.quantize import quantize_int8
+
+    folder, cache = tmp_path_factory.mktemp("int8"), {}
+
+    def get(tta: bool = False) -> Path:
+        if tta not in cache:
+            cache[tta] = quantize_int8(exported("ce", "fp32", tta), folder / f"int8.{tta}.onnx", calibration_dir, max_clips=8)
+        return cache[tta]
 
     return get

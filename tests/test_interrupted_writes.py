@@ -31,7 +31,7 @@ import soundfile as sf
 
 from asc_deploy.atomic import atomic_open, atomic_path
 from asc_deploy.labels import CLASS_LABELS, SAMPLE_RATE
-from tests.test_predict_cli import PREDICT, noise, parse_csv, random_checkpoint, random_model  # noqa: F401
+from tests.test_predict_cli import PREDICT, noise, parse_csv
 
 MARKER = "previous complete output\n"
 FILES_PER_RUN = 1000  # one short clip, listed many times: far more work than the test waits for

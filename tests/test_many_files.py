@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from asc_deploy.labels import CLASS_LABELS, SAMPLE_RATE
-from tests.test_predict_cli import PREDICT, parse_csv, random_model, run_measured  # noqa: F401
+from tests.test_predict_cli import PREDICT, parse_csv, run_measured
 
 N_FILES = 1000
 CORRUPT = {  # index -> (what is wrong, the word its error row must contain)

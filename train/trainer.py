@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from asc_deploy.allocator import freed_memory_kept
 from asc_deploy.atomic import atomic_open, atomic_path
 from asc_deploy.errors import AscError
 from asc_deploy.labels import NUM_CLASSES, SAMPLE_RATE
@@ -41,7 +42,6 @@ from asc_deploy.metrics import classwise_log_loss_accuracy, groupwise
 from asc_deploy.models.checkpoint import OWN_FORMAT
 from asc_deploy.models.cnn6 import Cnn6
 from asc_deploy.models.frontend import LogMelFrontend
-from asc_deploy.train.allocator import keep_freed_memory
 from asc_deploy.train.config import TrainConfig, config_from_dict, config_to_dict
 from asc_deploy.train.dataset import Clip, SceneDataset, load_clip, read_split
 
@@ -347,10 +347,8 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, device
         raise AscError("data folder not found", data_dir)
     if not resume and (out_dir / "last.pth").exists():
         raise AscError("already holds a training run (last.pth): pass --resume to continue it or choose another --out", out_dir)
-    with runtime(device) as rt:
-        if rt.device.type == "cpu":
-            keep_freed_memory()  # about 2x faster steps on the CPU, see train/allocator.py
-        return _run(config, data_dir, out_dir, rt, resume)
+    with runtime(device) as rt, freed_memory_kept() if rt.device.type == "cpu" else contextlib.nullcontext():
+        return _run(config, data_dir, out_dir, rt, resume)  # kept freed memory: ~2x faster CPU steps (asc_deploy/allocator.py)
 
 
 def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume: bool) -> dict[str, Any] | None:

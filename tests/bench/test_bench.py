@@ -71,6 +71,24 @@ def test_bench_report_parity_and_metrics(tiny):
     assert "torch-cpu" in result.output and "report:" in result.output
 
 
+def test_int8_is_quantised_on_the_fly_and_judged_by_its_tolerance(tiny):
+    """--precision int8 with a checkpoint: fp32 export quantised, calibrated on --data's train split,
+    and compared with the torch reference by the int8 tolerances (top-1 agreement, log-loss change)."""
+    data, checkpoint, folder = tiny
+    result = CliRunner().invoke(main, ["--model", str(checkpoint), "--data", str(data), "--nb-aug", "0", "--backends",
+                                       "torch,onnxruntime", "--precision", "int8", "--report", str(folder / "int8")])
+    report = json.loads((folder / "int8" / "report.json").read_text())
+    [run] = [r for r in report["runs"] if r["backend"] == "onnxruntime-cpu"]
+    assert run["precision"] == "int8" and run["model_file"].endswith("model.int8.onnx")
+    model = onnx.load(run["model_file"])
+    assert {p.key: p.value for p in model.metadata_props}["precision"] == "int8"
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    parity = run["parity"]
+    assert set(parity["tolerance"]) >= {"min_top1_agree", "max_logloss"} and parity["tolerance"]["min_top1_agree"] == 0.97
+    assert parity["passed"] == (result.exit_code == 0), result.output
+    assert 0.9 <= parity["top1_agree"] <= 1 and abs(parity["logloss_diff"]) < 0.05
+
+
 def test_perturbed_model_breaks_parity(tiny):
     data, checkpoint, folder = tiny
     model = onnx.load(str(export_onnx(checkpoint, folder / "good.onnx")))
@@ -101,3 +119,13 @@ def test_bad_options_are_one_line_errors(tiny):
         assert "Traceback" not in result.output
     result = runner.invoke(main, ["--model", str(folder / "missing.pth"), "--data", str(data), "--report", str(folder / "x")])
     assert result.exit_code == 1 and "missing.pth" in result.output
+
+
+def test_tta_without_spec_aug_is_flagged(tiny):
+    data, checkpoint, folder = tiny
+    plain = folder / "plain.pth"
+    torch.save({"net": torch.load(checkpoint, weights_only=True)["net"]}, plain)  # no config: no SpecAugment
+    result = CliRunner().invoke(main, ["--model", str(plain), "--data", str(data), "--nb-aug", "2", "--backends", "torch",
+                                       "--report", str(folder / "plain")])
+    assert result.exit_code == 0, result.output
+    assert "has no SpecAugment stripes" in result.output and "2 TTA passes are identical" in result.output

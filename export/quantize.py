@@ -1,0 +1,233 @@
+"""int8 static quantisation of an exported model's CNN; the frontend stays float32.
+
+onnxruntime's ``quantize_static`` in QDQ format: weights int8, symmetric, per output channel;
+activations uint8 (asymmetric) for the u8s8 kernels of x86 CPUs. AVX2 CPUs without VNNI can
+saturate u8s8 products, so ``reduce_range`` (7-bit weights) is switched on there and only there.
+Only CNN convolutions (with their ReLUs) are quantised and every frontend node is excluded by name
+as well: power spectra span ~20 decades (amin 1e-10) and must stay float32. The fully connected
+head (2 small Gemm) stays float32 too: it costs nothing and halves the log-loss change.
+
+Two graph details make int8 pay on onnxruntime's CPU kernels (both leave the function unchanged):
+the first block (a convolution from ONE input channel, its ReLU and 2x2 average pool) stays
+float32, because onnxruntime's float NCHWc kernels beat its QLinearConv on a one-channel input
+and its QLinearAveragePool is slow; and the 2x2 average pools of the other blocks become
+depthwise 2x2 stride-2 convolutions with weights 1/4 (exact in int8), which run as fast
+QLinearConv depthwise kernels between the quantised convolutions.
+
+Activation ranges are calibrated (min/max) on a bounded number of clips of the TRAINING split of
+a data set folder in the TAU 2020 Mobile layout (:func:`asc_deploy.train.dataset.read_split`),
+one clip per calibration batch. The result carries the fp32 model's metadata with ``precision``
+set to "int8", and is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from asc_deploy.atomic import atomic_path
+from asc_deploy.errors import AscError
+from asc_deploy.labels import num_frames
+from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, ModelMetadata
+from asc_deploy.stripes import tta_stripes
+
+CNN_OP_TYPES = ("Conv", "Relu")
+FRONTEND_SCOPE = "/frontend/"  # name prefix of the frontend's nodes in the traced graph
+CALIBRATION_PASSES = 2  # TTA variant: one unmasked pass and one masked pass per calibration clip
+
+
+def cpu_flags() -> set[str]:
+    """Flags of this CPU from /proc/cpuinfo (empty where unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def needs_reduce_range(flags: set[str] | None = None) -> bool:
+    """True on x86 CPUs whose u8s8 int8 path may saturate: AVX2 without any VNNI (or unknown)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def frontend_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes of the frontend (waveform to log-mel), all kept float32."""
+    return [node.name for node in model.graph.node if node.name.startswith(FRONTEND_SCOPE)]
+
+
+def _conv_channels(conv: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> tuple[int, int]:
+    """(output channels, input channels per group) of a Conv from its weight initializer."""
+    dims = initializers[conv.input[1]].dims
+    return int(dims[0]), int(dims[1])
+
+
+def prepare_for_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Rewrite the CNN for onnxruntime's int8 kernels (module doc); returns the model (changed in
+    place) and the names of the first block's nodes, which stay float32."""
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def conv_before(node: onnx.NodeProto | None) -> onnx.NodeProto | None:
+        """The Conv feeding ``node`` directly or through ReLUs."""
+        while node is not None and node.op_type == "Relu":
+            node = producer.get(node.input[0])
+        return node if node is not None and node.op_type == "Conv" else None
+
+    keep_float: list[str] = []
+    for node in graph.node:
+        if node.op_type == "Conv" and not node.name.startswith(FRONTEND_SCOPE) and _conv_channels(node, initializers)[1] == 1:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if group == 1:  # the first block's convolution from one input channel
+                keep_float.append(node.name)
+                follower = node
+                while (nxt := consumers.get(follower.output[0], [])) and len(nxt) == 1 and nxt[0].op_type in ("Relu", "AveragePool"):
+                    follower = nxt[0]
+                    keep_float.append(follower.name)
+                    if follower.op_type == "AveragePool":
+                        break
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        conv = conv_before(producer.get(node.input[0])) if node.op_type == "AveragePool" and node.input else None
+        if (node.op_type == "AveragePool" and node.name not in keep_float and conv is not None
+                and list(attrs.get("kernel_shape", [])) == [2, 2] and list(attrs.get("strides", [])) == [2, 2]
+                and not any(attrs.get("pads", [])) and not attrs.get("ceil_mode", 0)):
+            channels = _conv_channels(conv, initializers)[0]
+            weight = f"{node.name}/depthwise_weight"
+            graph.initializer.append(numpy_helper.from_array(np.full((channels, 1, 2, 2), 0.25, np.float32), weight))
+            nodes.append(helper.make_node("Conv", [node.input[0], weight], list(node.output), name=node.name,
+                                          group=channels, kernel_shape=[2, 2], strides=[2, 2]))
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model, keep_float
+
+
+def _pick(clips: list, max_clips: int) -> list:
+    """At most ``max_clips`` clips spread evenly over the split (read_split lists them class by class)."""
+    if len(clips) <= max_clips:
+        return clips
+    return [clips[int(i)] for i in np.linspace(0, len(clips) - 1, max_clips).round()]
+
+
+class ClipCalibrationReader:
+    """onnxruntime CalibrationDataReader over data set clips: one clip per batch, loaded lazily.
+
+    For the TTA variant each clip comes with :data:`CALIBRATION_PASSES` passes (an empty pass and
+    one drawn with the model's SpecAugment setting) so masked inputs are calibrated too.
+    """
+
+    def __init__(self, clips: list, metadata: ModelMetadata, seed: int = 0) -> None:
+        from asc_deploy.train.dataset import load_clip
+
+        self._load, self._clips, self._metadata, self._seed = load_clip, clips, metadata, seed
+        self._iter = self._feeds()
+
+    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        for i, clip in enumerate(self._clips):
+            wave = self._load(clip)
+            feed = {INPUT_WAVEFORM: np.ascontiguousarray(wave[None], dtype=np.float32)}
+            if self._metadata.variant == "tta":
+                time, freq = tta_stripes(self._metadata.spec_aug, CALIBRATION_PASSES, num_frames(wave.shape[0]),
+                                         self._metadata.mel_bins, self._seed + i)
+                time[0, :, 1] = 0  # first pass unmasked
+                freq[0, :, 1] = 0
+                feed |= {INPUT_TIME_STRIPES: time, INPUT_FREQ_STRIPES: freq}
+            yield feed
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = self._feeds()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(onnx_path: str | Path, output: str | Path, calibration_dir: str | Path, max_clips: int = 64, *,
+                  reduce_range: bool | None = None, seed: int = 0) -> Path:
+    """Quantise the CNN of an fp32 ``asc-export`` ONNX model to int8; returns ``output``.
+
+    Args:
+        onnx_path: fp32 ONNX model (single-pass or TTA variant) written by ``asc-export``.
+        output: where to write the int8 model (atomically; nothing is left there on failure).
+        calibration_dir: data set folder in the TAU 2020 Mobile layout; its TRAINING split calibrates.
+        max_clips: at most this many training clips (spread over the split) are used.
+        reduce_range: 7-bit weights; None decides from this CPU (:func:`needs_reduce_range`).
+        seed: seed of the calibration stripes of a TTA model.
+
+    Raises ValueError for bad arguments (checked before any work) and AscError for bad files.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from asc_deploy.runtime import read_model_metadata
+    from asc_deploy.train.dataset import read_split
+
+    if isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 1:
+        raise ValueError(f"max_clips must be a positive integer, got {max_clips!r}")
+    onnx_path, output, calibration_dir = Path(onnx_path), Path(output), Path(calibration_dir)
+    if output.resolve() == onnx_path.resolve():
+        raise ValueError("output must differ from the input model (it is replaced atomically only on success)")
+    if not calibration_dir.is_dir():
+        raise ValueError(f"calibration data folder {calibration_dir} does not exist or is not a folder")
+    metadata = read_model_metadata(onnx_path)
+    if metadata.precision != "fp32":
+        raise ValueError(f"int8 quantisation starts from an fp32 export, {onnx_path} is {metadata.precision}")
+    clips = _pick(read_split(calibration_dir, "train"), max_clips)
+
+    model = onnx.load(str(onnx_path))
+    frontend = frontend_nodes(model)
+    if not frontend:
+        raise AscError("no frontend nodes found (expected names under /frontend/): not an asc-export graph?", onnx_path)
+    prepared, first_block = prepare_for_int8(onnx.load(str(onnx_path)))
+    reduce_range = needs_reduce_range() if reduce_range is None else reduce_range
+    with tempfile.TemporaryDirectory(prefix="asc-quantize-") as tmp:
+        source, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(prepared, str(source))
+        with _quiet_root_logger():  # quantize_static logs advice about pre-processing on every call
+            quantize_static(
+                str(source), str(quantized), ClipCalibrationReader(clips, metadata, seed),
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(CNN_OP_TYPES), nodes_to_exclude=frontend + first_block,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+        result = onnx.load(str(quantized))
+    props = {p.key: p.value for p in model.metadata_props} | {"precision": "int8"}
+    del result.metadata_props[:]
+    onnx.helper.set_model_props(result, props)
+    result.producer_name, result.producer_version, result.doc_string = model.producer_name, model.producer_version, model.doc_string
+    onnx.checker.check_model(result, full_check=True)
+    with atomic_path(output) as tmp_path:
+        onnx.save(result, str(tmp_path))
+    return output

@@ -18,6 +18,7 @@ import click
 
 from asc_deploy.atomic import atomic_open
 from asc_deploy.errors import AscError
+from asc_deploy.ort_runner import SessionConfig
 from asc_deploy.runtime import DEFAULT_PASSES_PER_CALL, DEFAULT_TTA_PASSES, Classifier, Prediction
 
 Row = tuple[str, Prediction | None, str]  # filename, prediction, error
@@ -71,15 +72,16 @@ def _write_json(out: IO[str], rows: Iterator[Row]) -> list[Row]:
 @click.option("--hop-seconds", default=10.0, show_default=True, help="Hop between 10 s windows of long files.")
 @click.option("--passes-per-call", default=DEFAULT_PASSES_PER_CALL, show_default=True, type=click.IntRange(min=1),
               help="10 s CNN passes per onnxruntime call (windows, TTA passes): more is faster and takes more memory.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0), help="onnxruntime intra-op threads (0: one per core).")
 def main(model_path: str, files: tuple[str, ...], output: str | None, as_json: bool, strict: bool, provider: str,
-         tta_passes: int, seed: int, hop_seconds: float, passes_per_call: int) -> None:
+         tta_passes: int, seed: int, hop_seconds: float, passes_per_call: int, threads: int) -> None:
     """Classify FILES (wav, flac, ogg; any rate and channel count) with MODEL.
 
     CSV columns: filename, scene_label, the ten class probabilities (DCASE order), error.
     """
     try:
         classifier = Classifier(model_path, provider=provider, tta_passes=tta_passes, seed=seed, hop_seconds=hop_seconds,
-                                passes_per_call=passes_per_call)
+                                passes_per_call=passes_per_call, session=SessionConfig(intra_op_threads=threads))
         rows = _rows(classifier, files, strict)
         write = (lambda out: _write_json(out, rows)) if as_json else (lambda out: _write_csv(out, classifier.labels, rows))
         if output:

@@ -335,6 +335,8 @@ CASES: dict[str, Case] = {
     # Click refuses the command line: exit 2.
     "hop-not-a-number": _option_case(["--hop-seconds", "abc"], "usage", "not a valid float"),
     "unknown-provider": _option_case(["--provider", "tpu"], "usage", "tpu"),
+    "passes-per-call-zero": _option_case(["--passes-per-call", "0"], "usage", "--passes-per-call"),
+    "threads-negative": _option_case(["--threads", "-1"], "usage", "--threads"),
     "output-is-a-directory": Case(_output_is_a_dir, "usage", "is a directory"),
     "no-files": Case(lambda tmp, model: ["--model", str(model)], "usage", "Missing argument"),
 }
@@ -467,7 +469,7 @@ def test_api_and_cli_agree(tmp_path: Path, request: pytest.FixtureRequest, kind:
     # The array path (already at 44.1 kHz) gives the same windows, so the same probabilities.
     np.testing.assert_allclose(classifier.predict(load_audio(path)).probs, api.probs, rtol=0, atol=1e-6)
 
-    as_csv = _invoke(["--model", str(model), str(path), *passes])
+    as_csv = _invoke(["--model", str(model), str(path), *passes, "--passes-per-call", "5", "--threads", "1"])  # other grouping
     assert as_csv.exit_code == 0, as_csv.stderr
     _, rows = parse_csv(as_csv.stdout)
     row = rows[str(path)]

@@ -116,19 +116,27 @@ def predict(model: Cnn6, frontend: LogMelFrontend, loader: DataLoader, device: t
     return np.concatenate(probs)
 
 
-def score(probs: np.ndarray, clips: Sequence[Clip]) -> dict[str, Any]:
-    """DCASE scores of probabilities (clips, classes) overall and per device (key "devices")."""
+def score(probs: np.ndarray, clips: Sequence[Clip], train_devices: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """DCASE scores of probabilities (clips, classes) overall, per device (key "devices") and, with
+    ``train_devices``, for the devices seen in training and those not (key "device_groups")."""
     labels = np.array([clip.label for clip in clips])
+    devices = [clip.device or "unknown" for clip in clips]
     scores = classwise_log_loss_accuracy(probs, labels, NUM_CLASSES)
-    scores["devices"] = groupwise(probs, labels, [clip.device or "unknown" for clip in clips], NUM_CLASSES)
+    scores["devices"] = groupwise(probs, labels, devices, NUM_CLASSES)
+    if train_devices:
+        seen = ["seen" if device in train_devices else "unseen" for device in devices]
+        scores["device_groups"] = groupwise(probs, labels, seen, NUM_CLASSES)
     return scores
 
 
 def device_table(scores: dict[str, Any]) -> str:
-    """Device-wise log loss and macro accuracy of :func:`score`'s result, as a text table."""
-    rows = [(str(device), s) for device, s in scores["devices"].items()] + [("overall", scores)]
-    lines = [f"{'device':<10}{'clips':>7}{'log loss':>10}{'accuracy':>10}"]
-    lines += [f"{name:<10}{s['count']:>7}{s['logloss']:>10.3f}{s['accuracy']:>10.1%}" for name, s in rows]
+    """Device-wise log loss and macro accuracy of :func:`score`'s result, as a text table (devices,
+    then devices seen / unseen in training when known, then overall)."""
+    groups = [(f"{name} ({'in' if name == 'seen' else 'not in'} train)", s) for name, s in scores.get("device_groups", {}).items()]
+    rows = [(str(device), s) for device, s in scores["devices"].items()] + groups + [("overall", scores)]
+    width = max(10, *(len(name) + 1 for name, _ in rows))
+    lines = [f"{'device':<{width}}{'clips':>7}{'log loss':>10}{'accuracy':>10}"]
+    lines += [f"{name:<{width}}{s['count']:>7}{s['logloss']:>10.3f}{s['accuracy']:>10.1%}" for name, s in rows]
     return "\n".join(lines)
 
 
@@ -354,6 +362,7 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, device
 def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume: bool) -> dict[str, Any] | None:
     last, best = out_dir / "last.pth", out_dir / "best.pth"
     train_clips = read_split(data_dir, "train")
+    train_devices = frozenset(clip.device for clip in train_clips if clip.device)
     samples = load_clip(train_clips[0]).shape[0]
     train_set = SceneDataset(train_clips, expected_samples=samples)
     sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
@@ -389,7 +398,7 @@ def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume
         if not rt.is_main:
             continue
         evaluate = epoch % config.eval_every == 0 or epoch == config.epochs
-        scores = score(predict(state.model, frontend, eval_loader, rt.device), eval_clips) if evaluate else None
+        scores = score(predict(state.model, frontend, eval_loader, rt.device), eval_clips, train_devices) if evaluate else None
         improved = scores is not None and (best_metric is None or scores["logloss"] < best_metric)
         best_metric = scores["logloss"] if improved else best_metric
         record = {

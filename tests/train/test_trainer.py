@@ -183,6 +183,8 @@ def test_run_writes_checkpoints_logs_and_table(uninterrupted: Path) -> None:
     assert list((uninterrupted / "tensorboard").glob("events.out.tfevents.*"))
     output = (uninterrupted.parent / "output.txt").read_text()
     assert "overall" in output and all(f"\n{device} " in output for device in ("a", "b", "c", "s1", "s6"))
+    groups = {line.split(" (")[0]: line.split()[-3] for line in output.splitlines() if "in train)" in line}
+    assert groups == {"seen": "60", "unseen": "30"}  # clips: a, b, c, s1-s3 seen in training; s4-s6 not
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(uninterrupted: Path, tiny_data: Path, tmp_path: Path) -> None:

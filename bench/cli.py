@@ -104,7 +104,9 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     if unknown:
         raise ValueError(f"unknown precision(s) {unknown}: choose from {sorted(tolerances)}")
     specs = backend_specs(backends)
-    batch_size = batch_size or max(1, 60 // max(1, nb_aug))  # ~60 CNN passes per call bounds activation memory
+    # ~30 CNN passes per call bounds activation memory: a 3 s clip with 30 passes peaks at ~1.4 GB in torch;
+    # two such clips per call (2.8 GB) ran 1.3-3x slower per pass here, with its time varying 3x call to call
+    batch_size = batch_size or max(1, 30 // max(1, nb_aug))
     data = data or default_data_dir()
     report_dir.mkdir(parents=True, exist_ok=True)
     files, checkpoint = _model_files(model, precisions, nb_aug > 0, report_dir / "models", data)
@@ -246,7 +248,7 @@ def _csv_list(_ctx, _param, value: str) -> list[str]:
 @click.option("--backends", default="torch,onnxruntime,tensorrt", show_default=True, callback=_csv_list)
 @click.option("--precision", "precisions", default="fp32,fp16", show_default=True, callback=_csv_list)
 @click.option("--nb-aug", default=30, show_default=True, help="SpecAugment passes of test-time augmentation (0: single pass).")
-@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Clips per call [default: about 60 CNN passes per call].")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Clips per call [default: about 30 CNN passes per call].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the TTA stripes.")
 @click.option("--report", "report_dir", default="bench-report", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--tolerance", multiple=True, help="Override a parity tolerance: PRECISION.NAME=VALUE (e.g. fp16.max_abs_prob=0.1).")

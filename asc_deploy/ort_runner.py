@@ -9,6 +9,7 @@ session must keep the provider.
 from __future__ import annotations
 
 import ctypes
+import enum
 import functools
 import os
 from collections.abc import Sequence
@@ -26,6 +27,15 @@ PROVIDER_NAMES = {
 }
 
 
+class GraphOptimization(str, enum.Enum):
+    """onnxruntime's graph optimisation levels ("all" adds the NCHWc layout for convolutions)."""
+
+    DISABLED = "disabled"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """Session options. Defaults suit a small machine: one inter-op thread, intra-op threads =
@@ -39,23 +49,29 @@ class SessionConfig:
     """
 
     intra_op_threads: int = 0
-    graph_optimization: str = "all"  # "disabled", "basic", "extended" or "all"
+    graph_optimization: GraphOptimization | str = GraphOptimization.ALL  # a member or its value
     enable_memory_arena: bool = True
     enable_memory_pattern: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject bad values when the config is made (ValueError), not when a session starts."""
+        try:
+            object.__setattr__(self, "graph_optimization", GraphOptimization(self.graph_optimization))
+        except ValueError:
+            raise ValueError(f"graph_optimization must be one of {[g.value for g in GraphOptimization]}, "
+                             f"got {self.graph_optimization!r}") from None
+        if self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
 
     def session_options(self):
         import onnxruntime as ort
 
         levels = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            GraphOptimization.DISABLED: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            GraphOptimization.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            GraphOptimization.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            GraphOptimization.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
-        if self.graph_optimization not in levels:
-            raise ValueError(f"graph_optimization must be one of {sorted(levels)}, got {self.graph_optimization!r}")
-        if self.intra_op_threads < 0:
-            raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
         options = ort.SessionOptions()
         options.graph_optimization_level = levels[self.graph_optimization]
         options.intra_op_num_threads = self.intra_op_threads

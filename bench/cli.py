@@ -104,6 +104,7 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     if unknown:
         raise ValueError(f"unknown precision(s) {unknown}: choose from {sorted(tolerances)}")
     specs = backend_specs(backends)
+    session = SessionConfig(intra_op_threads=threads)  # bad values refused here, before any export
     # ~30 CNN passes per call bounds activation memory: a 3 s clip with 30 passes peaks at ~1.4 GB in torch;
     # two such clips per call (2.8 GB) ran 1.3-3x slower per pass here, with its time varying 3x call to call
     batch_size = batch_size or max(1, 30 // max(1, nb_aug))
@@ -135,7 +136,7 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
         if reason:
             runs.append(entry | {"status": "skipped", "reason": reason})
             continue
-        runner = make_runner(spec, path, checkpoint, SessionConfig(intra_op_threads=threads))
+        runner = make_runner(spec, path, checkpoint, session)
         try:
             result = run_backend(runner, loaded, groups, nb_aug, spec_aug, seed, f"{spec.name} {precision}")
         except AscError as err:

@@ -113,10 +113,12 @@ def test_bad_options_are_one_line_errors(tiny):
         (["--backends", "openvino"], "unknown backend"),
         (["--tolerance", "fp16.nope=1"], "bad tolerance"),
         (["--nb-aug", "-1"], "--nb-aug must be >= 0"),
+        (["--threads", "-1"], "intra_op_threads must be >= 0"),
     ]:
         result = runner.invoke(main, ["--model", str(checkpoint), "--data", str(data), "--report", str(folder / "x"), *args])
         assert result.exit_code == 1 and message in result.output, result.output
         assert "Traceback" not in result.output
+    assert not (folder / "x" / "models").exists()  # refused before any export
     result = runner.invoke(main, ["--model", str(folder / "missing.pth"), "--data", str(data), "--report", str(folder / "x")])
     assert result.exit_code == 1 and "missing.pth" in result.output
 

@@ -65,7 +65,7 @@ class Classifier:
         passes_per_call: CNN passes over 10 s of audio given to onnxruntime per call (windows of a
             long file, or passes of a TTA model); bounds peak memory. Measured for a TTA-30 model
             on one 10 s clip (2 threads): 2 per call 364 ms, 10 per call 256 ms, all 30 in one
-            call 225 ms but 1.2 GB instead of ~150 MB.
+            call 225 ms but 1.2 GB peak resident memory instead of 182 MB.
     """
 
     def __init__(self, model_path: str | Path, provider: str = "cpu", tta_passes: int = DEFAULT_TTA_PASSES, seed: int = 0,

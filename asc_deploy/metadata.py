@@ -10,7 +10,7 @@ of :class:`ModelMetadata`, each a string (lists as JSON).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from asc_deploy.errors import AscError
@@ -36,6 +36,9 @@ class ModelMetadata:
     targets: tuple[str, ...]  # runtimes whose operator lists the graph was checked against
     checkpoint_sha256: str
     package_version: str
+    # "gpu" (whole tensors, TTA passes batched) or "cpu" (cache-sized: TTA passes in a Loop);
+    # files written before this key existed are "gpu"
+    schedule: str = "gpu"
 
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for ONNX ``metadata_props``."""
@@ -47,6 +50,8 @@ class ModelMetadata:
         values = {}
         try:
             for f in fields(cls):
+                if f.name not in props and f.default is not MISSING:
+                    continue
                 raw = props[f.name]
                 if f.type.startswith("tuple"):
                     values[f.name] = tuple(json.loads(raw))
@@ -62,4 +67,6 @@ class ModelMetadata:
             raise AscError(f"bad model metadata ({err})", source) from err
         if values["variant"] not in ("single", "tta"):
             raise AscError(f"bad model metadata: unknown variant {values['variant']!r}", source)
+        if values.get("schedule", "gpu") not in ("gpu", "cpu"):
+            raise AscError(f"bad model metadata: unknown schedule {values['schedule']!r}", source)
         return cls(**values)

@@ -65,7 +65,9 @@ class Classifier:
         passes_per_call: CNN passes over 10 s of audio given to onnxruntime per call (windows of a
             long file, or passes of a TTA model); bounds peak memory. Measured for a TTA-30 model
             on one 10 s clip (2 threads): 2 per call 364 ms, 10 per call 256 ms, all 30 in one
-            call 225 ms but 1.2 GB peak resident memory instead of 182 MB.
+            call 225 ms but 1.2 GB peak resident memory instead of 182 MB. A TTA model exported
+            with the CPU schedule runs its passes one at a time inside the graph, so all its
+            passes go in one call and only windows count against this bound.
     """
 
     def __init__(self, model_path: str | Path, provider: str = "cpu", tta_passes: int = DEFAULT_TTA_PASSES, seed: int = 0,
@@ -105,6 +107,12 @@ class Classifier:
         """CNN passes per clip: ``tta_passes`` for a TTA model, 1 for a single-pass model."""
         return self.tta_passes if self.metadata.variant == "tta" else 1
 
+    @property
+    def passes_in_memory(self) -> int:
+        """CNN passes per clip whose activations are live at once in a call: 1 when the graph
+        loops over the TTA passes itself (CPU schedule), else :attr:`passes`."""
+        return 1 if self.metadata.schedule == "cpu" else self.passes
+
     def feed(self, waveforms: np.ndarray) -> dict[str, np.ndarray]:
         """The model inputs for (batch, samples) float32 waveforms of one length (all passes)."""
         feed = {INPUT_WAVEFORM: np.ascontiguousarray(waveforms, dtype=np.float32)}
@@ -120,12 +128,13 @@ class Classifier:
         The passes of a TTA model go to onnxruntime in groups of at most ``passes_per_call x 10 s
         / (batch x samples)`` passes (at least one), and the groups' mean probabilities are
         averaged weighted by their sizes: the same result as one call with every pass, with peak
-        memory bounded (a 10 s clip with 30 passes in one call took 1.2 GB).
+        memory bounded (a 10 s clip with 30 passes in one call took 1.2 GB). A CPU-schedule TTA
+        model gets every pass in one call (its graph runs them one at a time).
         """
         feed = self.feed(waveforms)
         if self.metadata.variant != "tta":
             return self._runner.infer(feed, [OUTPUT_PROBS])[OUTPUT_PROBS]
-        group = max(1, self.pass_samples_per_call // waveforms.size)
+        group = self.tta_passes if self.metadata.schedule == "cpu" else max(1, self.pass_samples_per_call // waveforms.size)
         total = 0.0
         for start in range(0, self.tta_passes, group):
             part = {name: value[start : start + group] if name != INPUT_WAVEFORM else value for name, value in feed.items()}
@@ -148,7 +157,7 @@ class Classifier:
                 flush()
             pending.append(window)
             peak = max(peak, float(np.abs(window).max()))
-            if (len(pending) + 1) * window.size * self.passes > self.pass_samples_per_call:
+            if (len(pending) + 1) * window.size * self.passes_in_memory > self.pass_samples_per_call:
                 flush()
         if pending:
             flush()

@@ -32,9 +32,10 @@ def default_data_dir() -> Path:
     return make_dataset(folder, **SYNTH_DEFAULTS, progress=True)
 
 
-def _model_files(model: Path, precisions: list[str], tta: bool, folder: Path, data: Path) -> tuple[dict[str, Path], Path | None]:
-    """ONNX file per precision (exported here from a checkpoint; int8 quantised from the fp32
-    export and calibrated on the training split of ``data``), and the checkpoint if any."""
+def _model_files(model: Path, precisions: list[str], tta: bool, folder: Path, data: Path,
+                 schedule: str = "gpu") -> tuple[dict[str, Path], Path | None]:
+    """ONNX file per precision (exported here from a checkpoint with ``schedule``; int8 quantised
+    from the fp32 export and calibrated on the training split of ``data``), and the checkpoint if any."""
     suffix = model.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         from asc_deploy.export.onnx_export import export_onnx
@@ -42,11 +43,11 @@ def _model_files(model: Path, precisions: list[str], tta: bool, folder: Path, da
         def name(precision: str) -> Path:
             return folder / f"model.{precision}{'.tta' if tta else ''}.onnx"
 
-        files = {p: export_onnx(model, name(p), p, tta) for p in precisions if p != "int8"}
+        files = {p: export_onnx(model, name(p), p, tta, schedule) for p in precisions if p != "int8"}
         if "int8" in precisions:
             from asc_deploy.export.quantize import quantize_int8
 
-            fp32 = files.get("fp32") or export_onnx(model, name("fp32"), "fp32", tta)
+            fp32 = files.get("fp32") or export_onnx(model, name("fp32"), "fp32", tta, schedule)
             files["int8"] = quantize_int8(fp32, name("int8"), data)
         return {p: files[p] for p in precisions}, model
     if suffix == ".onnx":
@@ -75,6 +76,8 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
                 plan.append((spec, "fp32", checkpoint, reason_here))
             elif precision == "engine":
                 plan.append((spec, precision, path, reason if spec.kind == "tensorrt" else "an engine runs on tensorrt only"))
+            elif spec.kind == "tensorrt" and usable and read_model_metadata(path).schedule == "cpu":
+                plan.append((spec, precision, path, "a cpu-schedule graph is for onnxruntime on CPUs (export with --schedule gpu)"))
             elif spec.kind == "tensorrt" and usable and precision != "int8":
                 from asc_deploy.export.tensorrt import build_engine
 
@@ -86,11 +89,13 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
 
 
 def run(model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int, batch_size: int | None,
-        seed: int, report_dir: Path, tolerance: list[str], threads: int, reference: Path | None = None) -> dict:
+        seed: int, report_dir: Path, tolerance: list[str], threads: int, reference: Path | None = None,
+        schedule: str = "gpu") -> dict:
     """The whole benchmark; returns the report dict (also written to ``report_dir``).
 
     ``reference``: the checkpoint the torch reference runs when MODEL is an exported file (does
     this deployed file score what the trained model did?); a checkpoint MODEL is its own reference.
+    ``schedule``: export schedule of a checkpoint MODEL ("gpu" or "cpu", see asc-export).
     """
     from asc_deploy.bench.benchmark import batches, run_backend, scan_clips, total_seconds
     from asc_deploy.bench.parity import compare, tolerances_with
@@ -110,7 +115,7 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     batch_size = batch_size or max(1, 30 // max(1, nb_aug))
     data = data or default_data_dir()
     report_dir.mkdir(parents=True, exist_ok=True)
-    files, checkpoint = _model_files(model, precisions, nb_aug > 0, report_dir / "models", data)
+    files, checkpoint = _model_files(model, precisions, nb_aug > 0, report_dir / "models", data, schedule)
     spec_aug = _spec_aug(files, checkpoint)
     if nb_aug > 0 and not (spec_aug and (spec_aug[1] or spec_aug[3])):
         click.echo(f"asc-bench: warning: {model} has no SpecAugment stripes (trained without SpecAugment), so its {nb_aug} "
@@ -217,7 +222,7 @@ def _write_outputs(report: dict, folder: Path, results: dict, loaded, labels: np
 
 
 def _perf(model: Path, data: Path | None, precisions: list[str] | None, nb_aug: int, batch_size: int | None, seed: int,
-          report_dir: Path, threads: int, iterations: int) -> None:
+          report_dir: Path, threads: int, iterations: int, schedule: str) -> None:
     """``--perf``: :func:`asc_deploy.bench.perf.measure_all` with asc-bench's options; prints the
     table and writes ``report_dir/perf.json``. Exits 1 with one line on a user error."""
     from asc_deploy.bench import perf
@@ -228,7 +233,7 @@ def _perf(model: Path, data: Path | None, precisions: list[str] | None, nb_aug: 
             raise ValueError(f"--perf needs a checkpoint as --model (it exports every precision itself), got {model}")
         run = perf.measure_all(model, iterations, 3, [batch_size] if batch_size else [1, 16], max(1, nb_aug),
                                threads=threads or os.cpu_count() or 1, precisions=precisions or perf.PRECISIONS,
-                               calibration_dir=data, seed=seed, progress=lambda m: click.echo(m, err=True))
+                               schedules=[schedule], calibration_dir=data, seed=seed, progress=lambda m: click.echo(m, err=True))
     except (AscError, ValueError) as err:
         click.echo(f"asc-bench --perf: error: {err}", err=True)
         sys.exit(1)
@@ -261,19 +266,23 @@ def _csv_list(_ctx, _param, value: str) -> list[str]:
               "with speed-ups and the distance to the compute floor measured in the same run. MODEL must be a checkpoint; "
               "--data calibrates int8 (python -m asc_deploy.bench.perf has every knob).")
 @click.option("--iterations", default=20, show_default=True, help="--perf: timed calls per row, after warm-up.")
+@click.option("--schedule", type=click.Choice(["gpu", "cpu"]), default=None,
+              help="Export schedule of a checkpoint MODEL (see asc-export --schedule) [default: gpu; with --perf: cpu].")
 @click.pass_context
 def main(ctx: click.Context, model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int,
          batch_size: int | None, seed: int, report_dir: Path, tolerance: tuple[str, ...], threads: int, reference: Path | None,
-         perf: bool, iterations: int) -> None:
+         perf: bool, iterations: int, schedule: str | None) -> None:
     """Benchmark MODEL on every backend available here; print the table, write the report."""
     from asc_deploy.bench.report import terminal_table
 
     if perf:
         explicit = ctx.get_parameter_source("precisions") is click.core.ParameterSource.COMMANDLINE
-        _perf(model, data, precisions if explicit else None, nb_aug, batch_size, seed, report_dir, threads, iterations)
+        _perf(model, data, precisions if explicit else None, nb_aug, batch_size, seed, report_dir, threads, iterations,
+              schedule or "cpu")
         return
     try:
-        report = run(model, data, split, backends, precisions, nb_aug, batch_size, seed, report_dir, list(tolerance), threads, reference)
+        report = run(model, data, split, backends, precisions, nb_aug, batch_size, seed, report_dir, list(tolerance), threads, reference,
+                     schedule or "gpu")
     except (AscError, ValueError) as err:
         click.echo(f"asc-bench: error: {err}", err=True)
         sys.exit(1)

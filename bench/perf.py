@@ -8,9 +8,12 @@ Rows:
    BatchNorm-folded Cnn6 in torch eager; TTA is a Python loop of ``passes`` full passes (frontend
    included, as SP4ASC's model computes its spectrogram inside ``forward``);
 2. the exported ONNX models in onnxruntime (CPU provider) at fp32, fp16 and int8: the
-   single-pass graph, and the TTA graph with all passes batched in one call (stripes drawn on the
-   host). A TTA call over many clips is split into calls of fewer clips when its activations would
-   exceed ``memory_budget_gb`` (the row's note says so);
+   single-pass graph, and the TTA graph with all passes in one call (stripes drawn on the host),
+   exported with the CPU schedule (first block in channel groups, TTA passes run one at a time in
+   an ONNX Loop) and/or the GPU schedule (whole tensors, passes batched), see
+   :class:`asc_deploy.export.onnx_export.Schedule`. A batched TTA call over many clips is split
+   into calls of fewer clips when its activations would exceed ``memory_budget_gb`` (the row's
+   note says so);
 3. the floor: the work of the row (2 x CNN MACs per pass, the frontend once per clip with its
    FFT counted at 5 N log2 N flops per frame (N = n_fft) and its mel filterbank at 2 x (N/2 + 1)
    x mel_bins flops per frame) divided by the best fp32 GEMM throughput measured in the same run
@@ -56,6 +59,7 @@ class PerfRow:
     """One measured configuration. Latencies are per call over ``batch`` clips (all passes)."""
 
     path: str  # BASELINE or ORT
+    schedule: str  # export schedule of an ORT row ("cpu" or "gpu"), "" for the baseline
     precision: str  # "fp32", "fp16" or "int8" (the CNN's; the frontend is always float32)
     passes: int  # 1: single pass; > 1: TTA
     batch: int  # clips per measured call
@@ -74,7 +78,8 @@ class PerfRow:
 
     @property
     def label(self) -> str:
-        return f"{self.path} {self.precision} {'single' if self.passes == 1 else f'TTA-{self.passes}'}"
+        schedule = f" [{self.schedule}]" if self.schedule else ""
+        return f"{self.path}{schedule} {self.precision} {'single' if self.passes == 1 else f'TTA-{self.passes}'}"
 
     def as_dict(self) -> dict:
         return asdict(self) | {"floor_ratio": self.floor_ratio}
@@ -201,17 +206,18 @@ class EagerSP4ASC:
 
 
 # ------------------------------------------------------------------------------------ the run
-def _export_models(checkpoint: Path, folder: Path, precisions: Sequence[str], variants: Sequence[bool], given: Mapping,
-                   calibration_dir: Path | None, calibration_clips: int, seconds: float,
-                   progress: Callable[[str], None]) -> dict[tuple[str, bool], Path]:
-    """ONNX file per (precision, tta): those ``given``, the others exported (int8: quantised) here."""
+def _export_models(checkpoint: Path, folder: Path, schedules: Sequence[str], precisions: Sequence[str], variants: Sequence[bool],
+                   given: Mapping, calibration_dir: Path | None, calibration_clips: int, seconds: float,
+                   progress: Callable[[str], None]) -> dict[tuple[str, str, bool], Path]:
+    """ONNX file per (schedule, precision, tta): those ``given``, the others exported (int8:
+    quantised) here."""
     from asc_deploy.export.onnx_export import export_onnx
 
     files = {key: Path(path) for key, path in given.items()}
 
-    def onnx_file(precision: str, tta: bool) -> Path:
-        if (precision, tta) not in files:
-            name = folder / f"{precision}.{'tta' if tta else 'single'}.onnx"
+    def onnx_file(schedule: str, precision: str, tta: bool) -> Path:
+        if (schedule, precision, tta) not in files:
+            name = folder / f"{schedule}.{precision}.{'tta' if tta else 'single'}.onnx"
             if precision == "int8":
                 from asc_deploy.export.quantize import quantize_int8
 
@@ -221,12 +227,13 @@ def _export_models(checkpoint: Path, folder: Path, precisions: Sequence[str], va
 
                     progress("no calibration data given: writing a small synthetic data set to calibrate int8 on")
                     calibration_dir = make_dataset(folder / "calibration", 1, max(seconds, 1.0), 0)
-                files[precision, tta] = quantize_int8(onnx_file("fp32", tta), name, calibration_dir, calibration_clips)
+                files[schedule, precision, tta] = quantize_int8(onnx_file(schedule, "fp32", tta), name, calibration_dir,
+                                                                calibration_clips)
             else:
-                files[precision, tta] = export_onnx(checkpoint, name, precision, tta)
-        return files[precision, tta]
+                files[schedule, precision, tta] = export_onnx(checkpoint, name, precision, tta, schedule)
+        return files[schedule, precision, tta]
 
-    return {(p, tta): onnx_file(p, tta) for p in precisions for tta in variants}
+    return {(s, p, tta): onnx_file(s, p, tta) for s in schedules for p in precisions for tta in variants}
 
 
 def _ort_call(session, waveforms: np.ndarray, stripes: tuple[np.ndarray, np.ndarray] | None, clips_per_call: int):
@@ -270,7 +277,7 @@ def run_perf(checkpoint: str | Path, iterations: int, warmup: int, batch_sizes: 
 
 
 def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_sizes: Sequence[int] = (1, 16), passes: int = 30, *,
-                seconds: float = 10.0, threads: int = 2, precisions: Sequence[str] = PRECISIONS,
+                seconds: float = 10.0, threads: int = 2, precisions: Sequence[str] = PRECISIONS, schedules: Sequence[str] = ("cpu",),
                 calibration_dir: str | Path | None = None, calibration_clips: int = 64, memory_budget_gb: float = 2.0,
                 row_budget_s: float | None = 120.0, seed: int = 0, model_files: Mapping[tuple[str, bool], str | Path] | None = None,
                 gemm_sizes: Sequence[int] = (512, 1024, 2048), baseline: bool = True, rounds: int = 3,
@@ -279,9 +286,10 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
 
     ``batch_sizes``: clips per call; ``passes``: TTA passes (the TTA rows are skipped for 1);
     ``seconds``: clip length; ``threads``: torch and onnxruntime intra-op threads, and the GEMM's;
+    ``schedules``: export schedules of the ONNX rows ("cpu", "gpu");
     ``calibration_dir``: data set whose training split calibrates int8 (a small synthetic one is
     written when None); ``row_budget_s``: a row stops repeating after this long (>= 3 calls);
-    ``model_files``: ONNX files already exported from ``checkpoint``, by (precision, tta);
+    ``model_files``: ONNX files already exported from ``checkpoint``, by (schedule, precision, tta);
     ``gemm_sizes``: square GEMM sizes whose best throughput sets the floor; ``baseline``: False
     skips the eager rows (then no speed-ups); ``rounds``: the rows are measured round-robin in
     this many rounds of ``iterations / rounds`` calls each (after ``warmup`` calls each round), so
@@ -289,7 +297,7 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
     """
     import onnxruntime as ort
 
-    from asc_deploy.export.onnx_export import checkpoint_spec_aug
+    from asc_deploy.export.onnx_export import Schedule, checkpoint_spec_aug
     from asc_deploy.models import build_model, load_checkpoint
     from asc_deploy.models.complexity import complexity_report
     from asc_deploy.ort_runner import SessionConfig
@@ -303,6 +311,8 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
     unknown = set(precisions) - set(PRECISIONS)
     if unknown:
         raise ValueError(f"unknown precision(s) {sorted(unknown)}, choose from {PRECISIONS}")
+    if not schedules or set(schedules) - {s.value for s in Schedule}:
+        raise ValueError(f"schedules must be among {[s.value for s in Schedule]}, got {list(schedules)}")
     checkpoint = Path(checkpoint)
     loaded = load_checkpoint(checkpoint)
     spec_aug = checkpoint_spec_aug(loaded)
@@ -314,23 +324,24 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
 
     load_start = _load_average()
     gemm: list[float] = []
-    times: dict[tuple[str, str, int, int], list[float]] = {}
-    results: dict[tuple[str, str, int, int], np.ndarray] = {}
-    notes: dict[tuple[str, str, int, int], str] = {}
+    # row key: (path, schedule, precision, passes, batch)
+    times: dict[tuple[str, str, str, int, int], list[float]] = {}
+    results: dict[tuple[str, str, str, int, int], np.ndarray] = {}
+    notes: dict[tuple[str, str, str, int, int], str] = {}
     per_round = max(1, math.ceil(iterations / rounds))
     round_budget = None if row_budget_s is None else row_budget_s / rounds
     round_min_runs = max(1, math.ceil(MIN_RUNS / rounds))
 
-    def timed(key: tuple[str, str, int, int], fn: Callable[[], np.ndarray], note: str) -> None:
+    def timed(key: tuple[str, str, str, int, int], fn: Callable[[], np.ndarray], note: str) -> None:
         # later rounds warm up once: enough for a fresh session's allocations
         new_times, results[key] = measure(fn, per_round, warmup if key not in times else min(warmup, 1), round_budget, round_min_runs)
         times.setdefault(key, []).extend(new_times)
         notes[key] = note
-        progress(f"{' '.join(map(str, key))}: {np.median(new_times):.1f} ms (median of {len(new_times)})")
+        progress(f"{' '.join(str(k) for k in key if k != '')}: {np.median(new_times):.1f} ms (median of {len(new_times)})")
 
     with tempfile.TemporaryDirectory(prefix="asc-perf-") as tmp:
         variants = (False, True) if passes > 1 else (False,)
-        files = _export_models(checkpoint, Path(tmp), precisions, variants, model_files or {},
+        files = _export_models(checkpoint, Path(tmp), schedules, precisions, variants, model_files or {},
                                Path(calibration_dir) if calibration_dir else None, calibration_clips, seconds, progress)
         eager = EagerSP4ASC(checkpoint, threads) if baseline else None
         options = SessionConfig(intra_op_threads=threads)
@@ -340,29 +351,32 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
             progress(f"round {round_index + 1}/{rounds}: GEMM fp32 on {threads} threads {gemm[-1]:.0f} GFLOP/s")
             for p, b in configs if baseline else []:
                 fn = (lambda b=b: eager.single(waveforms[:b])) if p == 1 else (lambda b=b: eager.tta(waveforms[:b], *stripes))
-                timed((BASELINE, "fp32", p, b), fn, "torchlibrosa + folded Cnn6" + (", Python loop over passes" if p > 1 else ""))
-            for precision in precisions:
-                for tta in variants:
-                    session = ort.InferenceSession(str(files[precision, tta]), options.session_options(), providers=["CPUExecutionProvider"])
-                    for p, b in [c for c in configs if (c[0] > 1) == tta]:
-                        per_call = max(1, min(b, int(memory_budget_gb * 2**30 // (p * per_pass_clip))))
-                        note = "TTA batched in one call, stripes from the host" if tta else "one call"
-                        if per_call < b:
-                            note = f"{b} clips as {math.ceil(b / per_call)} calls of {per_call} (memory)" + (", stripes from the host" if tta else "")
-                        timed((ORT, precision, p, b), _ort_call(session, waveforms[:b], stripes if tta else None, per_call), note)
-                    del session
-                    gc.collect()
+                timed((BASELINE, "", "fp32", p, b), fn, "torchlibrosa + folded Cnn6" + (", Python loop over passes" if p > 1 else ""))
+            for schedule, precision, tta in files:
+                # one session alive at a time: idle onnxruntime thread pools slow a running one down
+                session = ort.InferenceSession(str(files[schedule, precision, tta]), options.session_options(),
+                                               providers=["CPUExecutionProvider"])
+                for p, b in [c for c in configs if (c[0] > 1) == tta]:
+                    looped = tta and schedule == "cpu"
+                    per_call = b if looped else max(1, min(b, int(memory_budget_gb * 2**30 // (p * per_pass_clip))))
+                    note = ("TTA passes in a Loop, one at a time" if looped else "TTA batched in one call") if tta else "one call"
+                    if per_call < b:
+                        note = f"{b} clips as {math.ceil(b / per_call)} calls of {per_call} (memory), TTA batched"
+                    note += ", stripes from the host" if tta else ""
+                    timed((ORT, schedule, precision, p, b), _ort_call(session, waveforms[:b], stripes if tta else None, per_call), note)
+                del session
+                gc.collect()
         gemm.append(gemm_gflops(threads, gemm_sizes))
     measured = [(*key, times[key], results[key], notes[key]) for key in times]
 
     best = max(gemm)
-    baseline_ms = {(p, b): float(np.median(t)) for path, _, p, b, t, _, _ in measured if path == BASELINE}
-    baseline_probs = {(p, b): probs for path, _, p, b, _, probs, _ in measured if path == BASELINE}
+    baseline_ms = {(p, b): float(np.median(t)) for path, _, _, p, b, t, _, _ in measured if path == BASELINE}
+    baseline_probs = {(p, b): probs for path, _, _, p, b, _, probs, _ in measured if path == BASELINE}
     rows = []
-    for path, precision, p, b, row_times, probs, note in measured:
+    for path, schedule, precision, p, b, row_times, probs, note in measured:
         median = float(np.median(row_times))
         rows.append(PerfRow(
-            path=path, precision=precision, passes=p, batch=b, median_ms=median, p95_ms=float(np.percentile(row_times, 95)),
+            path=path, schedule=schedule, precision=precision, passes=p, batch=b, median_ms=median, p95_ms=float(np.percentile(row_times, 95)),
             runs=len(row_times), floor_ms=work_flops(cnn_macs, samples, b, p) / (best * 1e9) * 1e3,
             speedup=baseline_ms[p, b] / median if (p, b) in baseline_ms else None,
             max_prob_diff=float(np.abs(probs - baseline_probs[p, b]).max()) if (p, b) in baseline_probs else None, note=note,
@@ -453,6 +467,8 @@ def _int_list(text: str) -> list[int]:
 @click.option("--seconds", default=10.0, show_default=True, help="Clip length.")
 @click.option("--threads", default=2, show_default=True, help="Intra-op threads of torch, onnxruntime and the GEMM.")
 @click.option("--precisions", default=",".join(PRECISIONS), show_default=True, help="ONNX precisions to measure.")
+@click.option("--schedules", default="cpu", show_default=True,
+              help="Export schedules of the ONNX rows, comma-separated: cpu (cache-sized, TTA passes in a Loop), gpu (batched).")
 @click.option("--calibration-data", type=click.Path(file_okay=False), default=None,
               help="Data set folder whose training split calibrates int8 (default: a small synthetic one).")
 @click.option("--row-budget-s", default=120.0, show_default=True, help="A row stops repeating after this long (>= 3 calls).")
@@ -460,14 +476,15 @@ def _int_list(text: str) -> list[int]:
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Measure the eager SP4ASC rows.")
 @click.option("--rounds", default=3, show_default=True, help="Rows are measured round-robin in this many rounds.")
 def perf_command(checkpoint: str, iterations: int, warmup: int, report_path: str | None, batch_sizes: str, passes: int,
-                 seconds: float, threads: int, precisions: str, calibration_data: str | None, row_budget_s: float,
+                 seconds: float, threads: int, precisions: str, schedules: str, calibration_data: str | None, row_budget_s: float,
                  gemm_sizes: str, baseline: bool, rounds: int) -> None:
     """Latency of SP4ASC's eager pipeline and of the ONNX models (fp32, fp16, int8; single pass and
     TTA) on CPU, with the speed-up over the baseline and the distance to the compute floor."""
     passive_openmp_waits()
     try:
         run = measure_all(checkpoint, iterations, warmup, _int_list(batch_sizes), passes, seconds=seconds, threads=threads,
-                          precisions=[p.strip() for p in precisions.split(",") if p.strip()], calibration_dir=calibration_data,
+                          precisions=[p.strip() for p in precisions.split(",") if p.strip()],
+                          schedules=[s.strip() for s in schedules.split(",") if s.strip()], calibration_dir=calibration_data,
                           row_budget_s=row_budget_s, gemm_sizes=_int_list(gemm_sizes), baseline=baseline, rounds=rounds,
                           progress=lambda m: click.echo(m, err=True))
     except (AscError, ValueError) as err:

@@ -29,11 +29,14 @@ def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool, int8: bool
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache to reuse and update.")
 @click.option("--engine", is_flag=True, help="triton: also build a TensorRT engine (model.plan).")
 @click.option("--trt-accelerator", is_flag=True, help="triton: enable onnxruntime's TensorRT accelerator in config.pbtxt.")
+@click.option("--schedule", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="onnx: gpu = whole tensors, TTA passes batched (GPUs, TensorRT, browsers); cpu = cache-sized "
+                   "activations, TTA passes in a Loop (onnxruntime on CPUs: faster, less memory).")
 @click.option("--int8", is_flag=True, help="onnx: quantise the CNN to int8 (static, QDQ; the frontend stays float32).")
 @click.option("--calibration-data", type=click.Path(), default=None,
               help="--int8: data set folder (TAU 2020 Mobile layout) whose training split calibrates the quantisation.")
 def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, workspace_mib: int, timing_cache: str | None,
-         engine: bool, trt_accelerator: bool, int8: bool, calibration_data: str | None) -> None:
+         engine: bool, trt_accelerator: bool, schedule: str, int8: bool, calibration_data: str | None) -> None:
     """Export CHECKPOINT for deployment; the graph starts at the raw 44.1 kHz waveform."""
     from asc_deploy.export.onnx_export import Precision, export_onnx
     from asc_deploy.models import build_model, load_checkpoint
@@ -44,6 +47,8 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
     try:
         if engine and fmt != "triton" or trt_accelerator and fmt != "triton":
             raise ValueError("--engine and --trt-accelerator only apply to --format triton")
+        if schedule == "cpu" and fmt != "onnx":
+            raise ValueError("--schedule cpu only applies to --format onnx (TensorRT and Triton engines want whole tensors)")
         if int8 and fp16:
             raise ValueError("--int8 and --fp16 exclude each other")
         if int8 and fmt != "onnx":
@@ -58,9 +63,10 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
             from asc_deploy.export.quantize import quantize_int8
 
             with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
-                quantize_int8(export_onnx(checkpoint, Path(tmp) / "model.fp32.onnx", precision, tta), output_path, calibration_data)
+                quantize_int8(export_onnx(checkpoint, Path(tmp) / "model.fp32.onnx", precision, tta, schedule), output_path,
+                              calibration_data)
         elif fmt == "onnx":
-            export_onnx(checkpoint, output_path, precision, tta)
+            export_onnx(checkpoint, output_path, precision, tta, schedule)
         else:
             with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
                 onnx_path = export_onnx(checkpoint, Path(tmp) / "model.onnx", precision, tta)
@@ -81,7 +87,8 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
         click.echo(f"asc-export: error: {err}", err=True)
         sys.exit(1)
     size = sum(p.stat().st_size for p in output_path.rglob("*") if p.is_file()) if output_path.is_dir() else output_path.stat().st_size
-    click.echo(f"wrote {output_path} ({size / 1024:.1f} KiB, {'int8' if int8 else precision.value}{', TTA' if tta else ''})")
+    click.echo(f"wrote {output_path} ({size / 1024:.1f} KiB, {'int8' if int8 else precision.value}{', TTA' if tta else ''}, "
+               f"{schedule} schedule)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ QLinearConv depthwise kernels between the quantised convolutions.
 
 Activation ranges are calibrated (min/max) on a bounded number of clips of the TRAINING split of
 a data set folder in the TAU 2020 Mobile layout (:func:`asc_deploy.train.dataset.read_split`),
-one clip per calibration batch. The result carries the fp32 model's metadata with ``precision``
+one clip per calibration batch. A TTA model whose passes run in a Loop (CPU schedule) is
+calibrated and quantised in its batched form and looped again. The result carries the fp32 model's metadata with ``precision``
 set to "int8", and is written atomically.
 """
 
@@ -35,6 +36,7 @@ from onnx import helper, numpy_helper
 
 from asc_deploy.atomic import atomic_path
 from asc_deploy.errors import AscError
+from asc_deploy.export.loop import batch_passes, has_pass_loop, loop_over_passes
 from asc_deploy.labels import num_frames
 from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, ModelMetadata
 from asc_deploy.stripes import tta_stripes
@@ -205,10 +207,12 @@ def quantize_int8(onnx_path: str | Path, output: str | Path, calibration_dir: st
     clips = _pick(read_split(calibration_dir, "train"), max_clips)
 
     model = onnx.load(str(onnx_path))
-    frontend = frontend_nodes(model)
+    looped = has_pass_loop(model)  # CPU-schedule TTA: calibrate and quantise the batched form, loop it again after
+    batched = batch_passes(model) if looped else model
+    frontend = frontend_nodes(batched)
     if not frontend:
         raise AscError("no frontend nodes found (expected names under /frontend/): not an asc-export graph?", onnx_path)
-    prepared, first_block = prepare_for_int8(onnx.load(str(onnx_path)))
+    prepared, first_block = prepare_for_int8(onnx.ModelProto.FromString(batched.SerializeToString()))
     reduce_range = needs_reduce_range() if reduce_range is None else reduce_range
     with tempfile.TemporaryDirectory(prefix="asc-quantize-") as tmp:
         source, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
@@ -223,6 +227,8 @@ def quantize_int8(onnx_path: str | Path, output: str | Path, calibration_dir: st
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
         result = onnx.load(str(quantized))
+    if looped:
+        result = loop_over_passes(result)
     props = {p.key: p.value for p in model.metadata_props} | {"precision": "int8"}
     del result.metadata_props[:]
     onnx.helper.set_model_props(result, props)

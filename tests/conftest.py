@@ -30,17 +30,18 @@ def tta_reference() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """exported(tag, precision, tta) -> path of an ONNX export of an official checkpoint (cached)."""
+    """exported(tag, precision, tta, schedule) -> path of an ONNX export of an official checkpoint (cached)."""
     if not SP4ASC.is_dir():
         pytest.skip("../shared/sp4asc is absent")
     from asc_deploy.export.onnx_export import export_onnx
 
     folder, cache = tmp_path_factory.mktemp("onnx"), {}
 
-    def get(tag: str = "ce", precision: str = "fp32", tta: bool = False) -> Path:
-        key = (tag, precision, tta)
+    def get(tag: str = "ce", precision: str = "fp32", tta: bool = False, schedule: str = "gpu") -> Path:
+        key = (tag, precision, tta, schedule)
         if key not in cache:
-            cache[key] = export_onnx(checkpoint_path(tag), folder / f"{tag}.{precision}.{'tta' if tta else 'single'}.onnx", precision, tta)
+            name = f"{tag}.{precision}.{'tta' if tta else 'single'}.{schedule}.onnx"
+            cache[key] = export_onnx(checkpoint_path(tag), folder / name, precision, tta, schedule)
         return cache[key]
 
     return get
@@ -84,14 +85,15 @@ def calibration_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def int8(exported, calibration_dir, tmp_path_factory):
-    """int8(tta) -> path of an int8 model quantised from the official "ce" checkpoint's fp32 export (cached)."""
+    """int8(tta, schedule) -> path of an int8 model quantised from the official "ce" checkpoint's fp32 export (cached)."""
     from asc_deploy.export.quantize import quantize_int8
 
     folder, cache = tmp_path_factory.mktemp("int8"), {}
 
-    def get(tta: bool = False) -> Path:
-        if tta not in cache:
-            cache[tta] = quantize_int8(exported("ce", "fp32", tta), folder / f"int8.{tta}.onnx", calibration_dir, max_clips=8)
-        return cache[tta]
+    def get(tta: bool = False, schedule: str = "gpu") -> Path:
+        if (tta, schedule) not in cache:
+            cache[tta, schedule] = quantize_int8(exported("ce", "fp32", tta, schedule), folder / f"int8.{tta}.{schedule}.onnx",
+                                                 calibration_dir, max_clips=8)
+        return cache[tta, schedule]
 
     return get

@@ -51,3 +51,17 @@ def test_passes_per_call_is_configurable_and_checked(exported, monkeypatch):
     assert calls == [(2, 3), (2, 3), (2, 1)]
     with pytest.raises(ValueError, match="passes_per_call"):
         Classifier(exported("ce", "fp32", True), passes_per_call=0)
+
+
+def test_cpu_schedule_tta_gets_every_pass_in_one_call(exported, monkeypatch):
+    """Its graph loops over the passes itself: one call, same probabilities as the batched model."""
+    looped = Classifier(exported("ce", "fp32", True, "cpu"), tta_passes=7)
+    batched = Classifier(exported("ce", "fp32", True, "gpu"), tta_passes=7)
+    waveform = np.random.default_rng(2).uniform(-0.3, 0.3, (1, CLIP_SAMPLES)).astype(np.float32)
+    calls = _spy_on_calls(looped, monkeypatch)
+    probs = looped.probabilities(waveform)
+    assert calls == [(1, 7)] and looped.passes_in_memory == 1 and batched.passes_in_memory == 7
+    np.testing.assert_allclose(probs, batched.probabilities(waveform), rtol=0, atol=1e-6)
+    calls.clear()
+    looped.predict(np.tile(waveform[0], 3))  # three 10 s windows: 2 per call, as for single-pass models
+    assert calls == [(2, 7), (1, 7)]

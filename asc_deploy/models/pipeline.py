@@ -27,26 +27,46 @@ class WaveformClassifier(nn.Module):
         return logits, torch.softmax(logits, dim=-1)
 
 
+class PassScorer(nn.Module):
+    """The CNN and softmax of test-time augmentation: augmented log-mel (passes, batch, 1, frames,
+    bins) -> probabilities (passes, batch, classes) float32, every pass scored independently.
+
+    Its own module so that an exported TTA graph keeps its nodes under one name scope
+    (``/scorer/``), which ``asc_deploy.export.loop`` uses to run the passes one at a time.
+    """
+
+    def __init__(self, cnn: Cnn6) -> None:
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, augmented: torch.Tensor) -> torch.Tensor:
+        logits = self.cnn.forward_head(self.cnn.forward_features(augmented.reshape(-1, *augmented.shape[2:])))
+        probs = torch.softmax(logits.float(), dim=-1)
+        return probs.reshape(augmented.shape[0], augmented.shape[1], probs.shape[-1])
+
+
 class TTAClassifier(nn.Module):
     """SP4ASC's test-time augmentation as one batched call.
 
     Inputs: waveform (batch, samples) float32; time_stripes (passes, n_time, 2) and freq_stripes
     (passes, n_freq, 2) int64 ``[start, width]`` in frames and mel bins. The log-mel is computed
     once; each pass zeroes its stripes after bn0's normalisation (where SP4ASC's SpecAugmentation
-    sits) and the (passes x batch) CNN calls run as one batch. Output: the mean over passes of
-    the softmax, (batch, classes) float32. The same stripes apply to every clip of the batch.
+    sits) and the (passes x batch) CNN calls run as one batch (:class:`PassScorer`). Output: the
+    mean over passes of the softmax, (batch, classes) float32. The same stripes apply to every
+    clip of the batch.
     """
 
     def __init__(self, frontend: LogMelFrontend, cnn: Cnn6, cnn_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.frontend, self.cnn, self.cnn_dtype = frontend, cnn.to(cnn_dtype), cnn_dtype
+        self.frontend, self.scorer, self.cnn_dtype = frontend, PassScorer(cnn.to(cnn_dtype)), cnn_dtype
+
+    @property
+    def cnn(self) -> Cnn6:
+        return self.scorer.cnn
 
     def forward(self, waveform: torch.Tensor, time_stripes: torch.Tensor, freq_stripes: torch.Tensor) -> torch.Tensor:
         x = self.cnn.normalize(self.frontend(waveform).to(self.cnn_dtype))  # (batch, 1, frames, bins)
         time_keep = stripe_keep_mask(time_stripes, x.shape[2]).to(self.cnn_dtype)  # (passes, frames)
         freq_keep = stripe_keep_mask(freq_stripes, x.shape[3]).to(self.cnn_dtype)  # (passes, bins)
         augmented = x[None] * time_keep[:, None, None, :, None] * freq_keep[:, None, None, None, :]
-        passes, batch = augmented.shape[0], augmented.shape[1]
-        logits = self.cnn.forward_head(self.cnn.forward_features(augmented.reshape(passes * batch, *x.shape[1:])))
-        probs = torch.softmax(logits.float(), dim=-1)
-        return probs.reshape(passes, batch, probs.shape[-1]).mean(dim=0)
+        return self.scorer(augmented).mean(dim=0)

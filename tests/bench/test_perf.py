@@ -18,12 +18,15 @@ def test_floor_counts_the_issue_formula():
 
 
 def test_benchmark_smoke_produces_every_row(exported, int8):
-    files = {(p, tta): (int8(tta) if p == "int8" else exported("ce", p, tta)) for p in PRECISIONS for tta in (False, True)}
+    schedules = ("cpu", "gpu")
+    files = {(s, p, tta): (int8(tta, s) if p == "int8" else exported("ce", p, tta, s))
+             for s in schedules for p in PRECISIONS for tta in (False, True)}
     run = measure_all(checkpoint_path("ce"), iterations=1, warmup=1, batch_sizes=(1, 2), passes=2, seconds=1.0, threads=1,
-                      rounds=1, row_budget_s=None, model_files=files, gemm_sizes=(256,))
-    expected = {(BASELINE, "fp32", p, b) for p in (1, 2) for b in (1, 2)} | {
-        (ORT, precision, p, b) for precision in PRECISIONS for p in (1, 2) for b in (1, 2)}
-    assert {(r.path, r.precision, r.passes, r.batch) for r in run.rows} == expected and len(run.rows) == len(expected)
+                      rounds=1, row_budget_s=None, model_files=files, gemm_sizes=(256,), schedules=schedules)
+    expected = {(BASELINE, "", "fp32", p, b) for p in (1, 2) for b in (1, 2)} | {
+        (ORT, s, precision, p, b) for s in schedules for precision in PRECISIONS for p in (1, 2) for b in (1, 2)}
+    assert {(r.path, r.schedule, r.precision, r.passes, r.batch) for r in run.rows} == expected and len(run.rows) == len(expected)
+    assert all("Loop" in r.note for r in run.rows if r.schedule == "cpu" and r.passes > 1)
     for row in run.rows:
         assert row.runs == 1 and row.median_ms > 0 and row.p95_ms >= row.median_ms * 0.5 and row.floor_ms > 0
         assert row.speedup is not None and row.floor_ratio > 0
@@ -51,6 +54,8 @@ def test_perf_command_rejects_bad_options():
     assert result.exit_code == 1 and "unknown precision" in result.output
     result = CliRunner().invoke(perf_command, ["--checkpoint", str(checkpoint_path("ce")), "--batch-sizes", "0"])
     assert result.exit_code != 0
+    result = CliRunner().invoke(perf_command, ["--checkpoint", str(checkpoint_path("ce")), "--schedules", "tpu"])
+    assert result.exit_code == 1 and "schedules must be among" in result.output
 
 
 def test_table_without_gemm_header():

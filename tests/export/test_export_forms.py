@@ -2,9 +2,10 @@
 not the math: they compute the shared modules' functions to float32 rounding."""
 
 import numpy as np
+import pytest
 import torch
 
-from asc_deploy.export.onnx_export import ExportFrontend, export_cnn
+from asc_deploy.export.onnx_export import ExportBlock, ExportFrontend, export_cnn
 from asc_deploy.models import Cnn6, LogMelFrontend, build_model, fold_batchnorm, load_checkpoint
 from tests.models.test_frontend import exact_logmel
 from tests.shared_data import checkpoint_path, needs_shared
@@ -47,3 +48,15 @@ def test_export_cnn_equals_the_folded_cnn():
         for cnn in (fold_batchnorm(build_model(load_checkpoint(checkpoint_path("ce")))), fold_batchnorm(random)):
             x = torch.randn(2, 1, 44, 256) * 10 - 40
             assert (export_cnn(cnn)(x) - cnn(x)).abs().max() < 1e-4
+            # the CPU schedule's first block in channel groups computes the very same values
+            whole = export_cnn(cnn)(x)
+            for groups in (2, 4, 64):
+                assert torch.equal(export_cnn(cnn, first_block_channel_groups=groups)(x), whole)
+
+
+def test_channel_groups_only_split_the_one_channel_block():
+    cnn = fold_batchnorm(Cnn6().eval())
+    assert len(ExportBlock(cnn.conv1, 2).sp_convs) == 2
+    for block, groups in ((cnn.conv1, 3), (cnn.conv1, 0), (cnn.conv2, 2)):
+        with pytest.raises(ValueError, match="channel_groups"):
+            ExportBlock(block, groups)

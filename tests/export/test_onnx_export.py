@@ -151,3 +151,28 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(onnx.checker.ValidationError):
         export_onnx(checkpoint_path("ce"), out)
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_export_cli_schedule(tmp_path):
+    from click.testing import CliRunner
+
+    from asc_deploy.export.cli import main
+    from asc_deploy.export.loop import has_pass_loop
+
+    ckpt, out = str(checkpoint_path("ce")), tmp_path / "m.onnx"
+    result = CliRunner().invoke(main, ["--checkpoint", ckpt, "--format", "trt", "--schedule", "cpu", "-o", str(out)])
+    assert result.exit_code == 1 and "--schedule cpu only applies to --format onnx" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(main, ["--checkpoint", ckpt, "--tta", "--schedule", "cpu", "-o", str(out)])
+    assert result.exit_code == 0 and "TTA, cpu schedule" in result.output, result.output
+    model = onnx.load(str(out))
+    assert has_pass_loop(model) and {p.key: p.value for p in model.metadata_props}["schedule"] == "cpu"
+
+
+def test_metadata_schedule_defaults_to_gpu_and_is_checked(exported):
+    props = {p.key: p.value for p in onnx.load(str(exported("ce"))).metadata_props}
+    assert props["schedule"] == "gpu"
+    del props["schedule"]  # a file written before the key existed
+    assert ModelMetadata.from_props(props).schedule == "gpu"
+    with pytest.raises(AscError, match="unknown schedule 'tpu'"):
+        ModelMetadata.from_props(props | {"schedule": "tpu"}, "x.onnx")

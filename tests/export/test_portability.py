@@ -7,12 +7,14 @@ from asc_deploy.export.portability import check_onnxruntime, check_tensorrt, loa
 from tests.shared_data import OPS, needs_shared
 
 pytestmark = [needs_shared, pytest.mark.skipif(not OPS.is_dir(), reason="../shared/ops (operator lists) is absent")]
-VARIANTS = [("fp32", False), ("fp16", False), ("fp32", True), ("fp16", True)]
+VARIANTS = [("fp32", False, "gpu"), ("fp16", False, "gpu"), ("fp32", True, "gpu"), ("fp16", True, "gpu"),
+            ("fp32", True, "cpu"), ("fp16", True, "cpu")]
 
 
-@pytest.mark.parametrize("precision, tta", VARIANTS)
-def test_graph_loads_in_every_target(precision, tta, exported):
-    model = onnx.load(str(exported("ce", precision, tta)))
+@pytest.mark.parametrize("precision, tta, schedule", VARIANTS)
+def test_graph_loads_in_every_target(precision, tta, schedule, exported):
+    """Subgraphs included: the CPU schedule's Loop body is checked node by node too."""
+    model = onnx.load(str(exported("ce", precision, tta, schedule)))
     targets = dict(p.split("=", 1) for p in [f"{x.key}={x.value}" for x in model.metadata_props]).get("targets")
     assert targets and all(t in targets for t in ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"))
     assert check_onnxruntime(model, load_support(OPS / "onnxruntime_cpu.json")) == []
@@ -20,7 +22,7 @@ def test_graph_loads_in_every_target(precision, tta, exported):
     trt = load_support(OPS / "tensorrt_onnx_parser.json")
     assert check_tensorrt(model, trt) == []
     restrictions = tensorrt_restrictions(model, trt)
-    print(f"{precision}{' tta' if tta else ''}: TensorRT restrictions of used ops: {restrictions}")
+    print(f"{precision}{' tta' if tta else ''} {schedule}: TensorRT restrictions of used ops: {restrictions}")
     used = {n.op_type for n in model.graph.node}
     assert not used & {"STFT", "DFT", "MelWeightMatrix", "HannWindow"}
 

@@ -66,6 +66,25 @@ def test_int8_tta_model_runs_and_agrees(int8, exported, reference):
     assert b.shape == a.shape and np.allclose(b.sum(-1), 1, atol=1e-5) and a.argmax() == b.argmax()
 
 
+def test_int8_cpu_schedule_keeps_the_pass_loop(int8, exported, reference):
+    """A CPU-schedule TTA model is calibrated in its batched form and looped again: the quantised
+    convolutions (weights dequantised inside the body) run one pass at a time."""
+    from asc_deploy.export.loop import LOOP_NODE, has_pass_loop
+    from asc_deploy.stripes import tta_stripes
+
+    quantized = onnx.load(str(int8(True, "cpu")))
+    assert has_pass_loop(quantized)
+    loop = next(n for n in quantized.graph.node if n.name == LOOP_NODE)
+    body = loop.attribute[0].g
+    assert sum(n.op_type in QDQ for n in body.node) > 10 and not [n for n in quantized.graph.node if n.op_type in QDQ]
+    wave = reference["wave/10_short1s"][None]
+    time, freq = tta_stripes((128, 2, 32, 2), 3, 44, 256, 0)
+    feed = {"waveform": wave, "time_stripes": time, "freq_stripes": freq}
+    looped = ort.InferenceSession(str(int8(True, "cpu")), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    fp32 = ort.InferenceSession(str(exported("ce", "fp32", True, "cpu")), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert looped.argmax() == fp32.argmax() and np.abs(looped - fp32).max() <= 0.1
+
+
 def test_quantize_refuses_bad_arguments_early(exported, calibration_dir, tmp_path):
     fp32 = exported("ce")
     with pytest.raises(ValueError, match="max_clips"):

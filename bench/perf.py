@@ -354,10 +354,10 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
                 timed((BASELINE, "", "fp32", p, b), fn, "torchlibrosa + folded Cnn6" + (", Python loop over passes" if p > 1 else ""))
             for schedule, precision, tta in files:
                 # one session alive at a time: idle onnxruntime thread pools slow a running one down
-                session = ort.InferenceSession(str(files[schedule, precision, tta]), options.session_options(),
+                looped = tta and schedule == "cpu"
+                session = ort.InferenceSession(str(files[schedule, precision, tta]), options.session_options(looped),
                                                providers=["CPUExecutionProvider"])
                 for p, b in [c for c in configs if (c[0] > 1) == tta]:
-                    looped = tta and schedule == "cpu"
                     per_call = b if looped else max(1, min(b, int(memory_budget_gb * 2**30 // (p * per_pass_clip))))
                     note = ("TTA passes in a Loop, one at a time" if looped else "TTA batched in one call") if tta else "one call"
                     if per_call < b:

@@ -18,6 +18,7 @@ import enum
 import math
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -48,21 +49,24 @@ class Schedule(str, enum.Enum):
     """How the exported graph walks its activations; both compute the same function.
 
     GPU: every op on whole tensors and all TTA passes as one batch (few large kernels: GPUs,
-    TensorRT). CPU: activations cut to cache size (onnxruntime on CPUs): the first block (the
-    largest activation: 64 channels at full resolution, 28 MB per 10 s pass) in
-    :data:`FIRST_BLOCK_CHANNEL_GROUPS` groups of output channels, and a TTA model's passes one
-    at a time in an ONNX Loop (:mod:`asc_deploy.export.loop`).
+    TensorRT). CPU: activations cut to cache size (onnxruntime on CPUs): the first two blocks
+    (full and half resolution, 28 and 14 MB per 10 s pass) in :data:`CPU_CHANNEL_GROUPS` groups of
+    output channels, and a TTA model's passes one at a time in an ONNX Loop
+    (:mod:`asc_deploy.export.loop`).
     """
 
     GPU = "gpu"
     CPU = "cpu"
 
 
-# CPU schedule: 32 channels a group, each group's 14 MB convolution output (10 s) read back by its
-# pool from the L3 cache (32 MB here); a multiple of onnxruntime's NCHWc block (8 or 16 channels), so the Concat stays
-# in that layout. Measured, 2 threads, CNN on one 10 s pass: 7.8 ms in one group, 6.4 ms in 2,
-# 6.6 ms in 4; chunks of frames instead (8 chunks) 7.4 ms.
-FIRST_BLOCK_CHANNEL_GROUPS = 2
+# CPU schedule, groups of output channels per block: each group's activations (14 MB for the
+# first block, 3.5 MB per stage of the second, 10 s pass) are read back by the next op from cache
+# (32 MB L3 here), and group sizes are multiples of onnxruntime's NCHWc block (8 or 16 channels),
+# so the Concat stays in that layout. Measured (2 threads, 10 s clip, one run, medians of 8
+# sessions): single pass 11.0 ms ungrouped, 10.3 ms with the first block in 2 groups, 9.7 ms with
+# the second in 2 or 4 as well; TTA-30 in the Loop 210 ms -> 198 ms (2) -> 193 ms (4). Chunks of
+# frames instead of channels were slower (a Concat along time leaves the NCHWc layout).
+CPU_CHANNEL_GROUPS = (2, 4, 1, 1)
 
 
 class Precision(str, enum.Enum):
@@ -92,59 +96,61 @@ class ExportBlock(nn.Module):
     instead of three (two convolutions and an Add), and the ReLU fuses into it. With one input
     channel (the first block) the 1x1 convolution is a per-channel scale, folded into that kernel.
 
-    ``channel_groups`` > 1 (one-input-channel block only) splits that convolution into groups of
-    output channels, each followed by its ReLU and pool, concatenated along channels: the same
-    values, with each group's convolution output still in cache when its pool reads it.
+    ``channel_groups`` > 1 splits the block by output channel: each group runs its share of the
+    1x1 convolution, the depthwise convolution, ReLU and pool, and the groups are concatenated
+    along channels. Same values (every output channel depends on its own weights only); each
+    group's activations are still in cache when the next op reads them.
     """
 
     def __init__(self, block: SeparableConvBlock, channel_groups: int = 1) -> None:
         super().__init__()
-        channels = block.ch_conv1.out_channels
-        if channel_groups < 1 or channel_groups > 1 and (block.ch_conv1.in_channels != 1 or channels % channel_groups):
-            raise ValueError(f"channel_groups must be 1, or divide the output channels ({channels}) of a block with one "
-                             f"input channel; got {channel_groups}")
         if not isinstance(block.bn, nn.Identity):
             raise ValueError("ExportBlock needs a BatchNorm-folded block (fold_batchnorm)")
         pointwise, time_conv, freq_conv = block.ch_conv1, block.sp_conv1, block.sp_conv2
         channels = pointwise.out_channels
+        if channel_groups < 1 or channels % channel_groups:
+            raise ValueError(f"channel_groups must divide the block's {channels} output channels, got {channel_groups}")
+        size = channels // channel_groups
         with torch.no_grad():
             cross = torch.zeros(channels, 1, 3, 3, dtype=time_conv.weight.dtype)
             cross[:, :, :, 1] += time_conv.weight[:, :, :, 0]
             cross[:, :, 1, :] += freq_conv.weight[:, :, 0, :]
             bias = sum(c.bias for c in (time_conv, freq_conv) if c.bias is not None)
             bias = torch.zeros(channels, dtype=cross.dtype) if isinstance(bias, int) else bias
-            self.ch_conv1: nn.Conv2d | None = None
+            folded = pointwise.in_channels == 1  # the 1x1 convolution is a per-channel scale: into the kernel
+            if folded:
+                cross = cross * pointwise.weight
+            self.ch_convs = nn.ModuleList()  # empty when folded
             self.sp_convs = nn.ModuleList()
-            if pointwise.in_channels == 1:
-                size = channels // channel_groups
-                for first in range(0, channels, size):
-                    conv = nn.Conv2d(1, size, 3, padding=2, dilation=2)
-                    conv.weight.copy_((cross * pointwise.weight)[first : first + size])
-                    conv.bias.copy_(bias[first : first + size])
-                    self.sp_convs.append(conv)
-            else:
-                self.ch_conv1 = nn.Conv2d(pointwise.in_channels, channels, 1, bias=False)
-                self.ch_conv1.weight.copy_(pointwise.weight)
-                conv = nn.Conv2d(channels, channels, 3, padding=2, dilation=2, groups=channels)
-                conv.weight.copy_(cross)
-                conv.bias.copy_(bias)
+            for first in range(0, channels, size):
+                part = slice(first, first + size)
+                if not folded:
+                    conv = nn.Conv2d(pointwise.in_channels, size, 1, bias=False)
+                    conv.weight.copy_(pointwise.weight[part])
+                    self.ch_convs.append(conv)
+                conv = nn.Conv2d(1 if folded else size, size, 3, padding=2, dilation=2, groups=1 if folded else size)
+                conv.weight.copy_(cross[part])
+                conv.bias.copy_(bias[part])
                 self.sp_convs.append(conv)
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in, frames, bins) -> (batch, out, frames // 2, bins // 2)."""
-        if self.ch_conv1 is not None:
-            x = self.ch_conv1(x)
-        groups = [self.pool(torch.relu(conv(x))) for conv in self.sp_convs]
+        groups = []
+        for index, conv in enumerate(self.sp_convs):
+            y = self.ch_convs[index](x) if self.ch_convs else x
+            groups.append(self.pool(torch.relu(conv(y))))
         return groups[0] if len(groups) == 1 else torch.cat(groups, dim=1)
 
 
-def export_cnn(cnn: Cnn6, first_block_channel_groups: int = 1) -> Cnn6:
-    """An eval-mode copy of a BatchNorm-folded ``cnn`` whose blocks are :class:`ExportBlock`
-    (the first one in ``first_block_channel_groups`` groups of output channels)."""
+def export_cnn(cnn: Cnn6, channel_groups: Sequence[int] = (1, 1, 1, 1)) -> Cnn6:
+    """An eval-mode copy of a BatchNorm-folded ``cnn`` whose blocks are :class:`ExportBlock`,
+    block i in ``channel_groups[i]`` groups of output channels."""
+    if len(channel_groups) != len(cnn.blocks):
+        raise ValueError(f"channel_groups needs one value per block ({len(cnn.blocks)}), got {tuple(channel_groups)}")
     cnn = copy.deepcopy(cnn).eval()
-    for name in ("conv1", "conv2", "conv3", "conv4"):
-        setattr(cnn, name, ExportBlock(getattr(cnn, name), first_block_channel_groups if name == "conv1" else 1))
+    for name, groups in zip(("conv1", "conv2", "conv3", "conv4"), channel_groups):
+        setattr(cnn, name, ExportBlock(getattr(cnn, name), groups))
     return cnn
 
 
@@ -240,8 +246,8 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
     """
     precision, schedule = Precision(precision), Schedule(schedule)
     checkpoint = load_checkpoint(checkpoint_path)
-    groups = FIRST_BLOCK_CHANNEL_GROUPS if schedule is Schedule.CPU else 1
-    cnn = export_cnn(fold_batchnorm(build_model(checkpoint)), first_block_channel_groups=groups)
+    groups = CPU_CHANNEL_GROUPS if schedule is Schedule.CPU else (1, 1, 1, 1)
+    cnn = export_cnn(fold_batchnorm(build_model(checkpoint)), channel_groups=groups)
     frontend = ExportFrontend().eval()
     module = (TTAClassifier if tta else WaveformClassifier)(frontend, cnn, precision.torch_dtype).eval()
     metadata = ModelMetadata(

@@ -37,7 +37,8 @@ def test_cpu_schedule_tta_equals_the_batched_graph(precision, atol, exported, re
     assert has_pass_loop(looped) and not has_pass_loop(batched)
     assert not [n.name for n in looped.graph.node if n.name.startswith(SCORER_SCOPE)]  # the whole scorer runs per pass
     body = loop_body(looped)
-    assert sum(n.op_type == "Conv" for n in body.node) == 8  # first block in 2 channel groups, 2 convolutions x 3 blocks
+    # channel groups (2, 4, 1, 1): 2 convolutions in the first block (1x1 folded), 2 x 4 in the second, 2 + 2 after
+    assert sum(n.op_type == "Conv" for n in body.node) == 14
     assert {i.name for i in body.initializer} >= {"scorer.cnn.fc2.weight"}  # weights travel with the body
     assert ModelMetadata.from_props({p.key: p.value for p in looped.metadata_props}).schedule == "cpu"
     wave = reference["wave/10_short1s"]

@@ -59,7 +59,7 @@ def test_fp16_keeps_top1_and_stays_close(tag, reference, exported):
 def test_fp16_graph_types(exported):
     model = onnx.load(str(exported("ce", "fp16")))
     types = {i.name: i.data_type for i in model.graph.initializer}
-    assert types["cnn.conv2.ch_conv1.weight"] == onnx.TensorProto.FLOAT16
+    assert types["cnn.conv2.ch_convs.0.weight"] == onnx.TensorProto.FLOAT16
     assert types["frontend.dft_inner"] == onnx.TensorProto.FLOAT
     io = [*model.graph.input, *model.graph.output]
     assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in io)

@@ -45,10 +45,9 @@ def _model_files(model: Path, precisions: list[str], tta: bool, folder: Path, da
 
         files = {p: export_onnx(model, name(p), p, tta, schedule) for p in precisions if p != "int8"}
         if "int8" in precisions:
-            from asc_deploy.export.quantize import quantize_int8
+            from asc_deploy.export.quantize import export_int8
 
-            fp32 = files.get("fp32") or export_onnx(model, name("fp32"), "fp32", tta, schedule)
-            files["int8"] = quantize_int8(fp32, name("int8"), data)
+            files["int8"] = export_int8(model, name("int8"), data, tta, schedule)
         return {p: files[p] for p in precisions}, model
     if suffix == ".onnx":
         meta = read_model_metadata(model)

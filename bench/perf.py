@@ -219,7 +219,7 @@ def _export_models(checkpoint: Path, folder: Path, schedules: Sequence[str], pre
         if (schedule, precision, tta) not in files:
             name = folder / f"{schedule}.{precision}.{'tta' if tta else 'single'}.onnx"
             if precision == "int8":
-                from asc_deploy.export.quantize import quantize_int8
+                from asc_deploy.export.quantize import export_int8
 
                 nonlocal calibration_dir
                 if calibration_dir is None:
@@ -227,8 +227,7 @@ def _export_models(checkpoint: Path, folder: Path, schedules: Sequence[str], pre
 
                     progress("no calibration data given: writing a small synthetic data set to calibrate int8 on")
                     calibration_dir = make_dataset(folder / "calibration", 1, max(seconds, 1.0), 0)
-                files[schedule, precision, tta] = quantize_int8(onnx_file(schedule, "fp32", tta), name, calibration_dir,
-                                                                calibration_clips)
+                files[schedule, precision, tta] = export_int8(checkpoint, name, calibration_dir, tta, schedule, calibration_clips)
             else:
                 files[schedule, precision, tta] = export_onnx(checkpoint, name, precision, tta, schedule)
         return files[schedule, precision, tta]

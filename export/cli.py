@@ -60,11 +60,9 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
         for line in complexity_report(build_model(load_checkpoint(checkpoint))).lines():
             click.echo(line)
         if fmt == "onnx" and int8:
-            from asc_deploy.export.quantize import quantize_int8
+            from asc_deploy.export.quantize import export_int8
 
-            with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
-                quantize_int8(export_onnx(checkpoint, Path(tmp) / "model.fp32.onnx", precision, tta, schedule), output_path,
-                              calibration_data)
+            export_int8(checkpoint, output_path, calibration_data, tta, schedule)
         elif fmt == "onnx":
             export_onnx(checkpoint, output_path, precision, tta, schedule)
         else:

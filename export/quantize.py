@@ -175,6 +175,19 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
+def export_int8(checkpoint_path: str | Path, output: str | Path, calibration_dir: str | Path, tta: bool = False,
+                schedule: str = "gpu", max_clips: int = 64) -> Path:
+    """Checkpoint -> int8 ONNX at ``output``: an fp32 export (with the int8 channel groups under the
+    CPU schedule, :data:`asc_deploy.export.onnx_export.CPU_INT8_CHANNEL_GROUPS`) in a temporary
+    folder, then :func:`quantize_int8`. Returns ``output``."""
+    from asc_deploy.export.onnx_export import CPU_INT8_CHANNEL_GROUPS, Precision, Schedule, export_onnx
+
+    groups = CPU_INT8_CHANNEL_GROUPS if Schedule(schedule) is Schedule.CPU else None
+    with tempfile.TemporaryDirectory(prefix="asc-int8-") as tmp:
+        fp32 = export_onnx(checkpoint_path, Path(tmp) / "model.fp32.onnx", Precision.FP32, tta, schedule, groups)
+        return quantize_int8(fp32, output, calibration_dir, max_clips)
+
+
 def quantize_int8(onnx_path: str | Path, output: str | Path, calibration_dir: str | Path, max_clips: int = 64, *,
                   reduce_range: bool | None = None, seed: int = 0) -> Path:
     """Quantise the CNN of an fp32 ``asc-export`` ONNX model to int8; returns ``output``.

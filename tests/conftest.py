@@ -84,16 +84,17 @@ def calibration_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def int8(exported, calibration_dir, tmp_path_factory):
-    """int8(tta, schedule) -> path of an int8 model quantised from the official "ce" checkpoint's fp32 export (cached)."""
-    from asc_deploy.export.quantize import quantize_int8
+def int8(calibration_dir, tmp_path_factory):
+    """int8(tta, schedule) -> path of an int8 model of the official "ce" checkpoint, exported and
+    quantised as asc-export --int8 does (cached)."""
+    from asc_deploy.export.quantize import export_int8
 
     folder, cache = tmp_path_factory.mktemp("int8"), {}
 
     def get(tta: bool = False, schedule: str = "gpu") -> Path:
         if (tta, schedule) not in cache:
-            cache[tta, schedule] = quantize_int8(exported("ce", "fp32", tta, schedule), folder / f"int8.{tta}.{schedule}.onnx",
-                                                 calibration_dir, max_clips=8)
+            cache[tta, schedule] = export_int8(checkpoint_path("ce"), folder / f"int8.{tta}.{schedule}.onnx", calibration_dir, tta,
+                                               schedule, max_clips=8)
         return cache[tta, schedule]
 
     return get

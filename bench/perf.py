@@ -9,9 +9,9 @@ Rows:
    included, as SP4ASC's model computes its spectrogram inside ``forward``);
 2. the exported ONNX models in onnxruntime (CPU provider) at fp32, fp16 and int8: the
    single-pass graph, and the TTA graph with all passes in one call (stripes drawn on the host),
-   exported with the CPU schedule (first block in channel groups, TTA passes run one at a time in
+   exported with the CPU schedule (first blocks in channel groups, TTA passes run one at a time in
    an ONNX Loop) and/or the GPU schedule (whole tensors, passes batched), see
-   :class:`asc_deploy.export.onnx_export.Schedule`. A batched TTA call over many clips is split
+   :class:`asc_deploy.export.onnx_export.Schedule`; fp16 always with the GPU schedule. A batched TTA call over many clips is split
    into calls of fewer clips when its activations would exceed ``memory_budget_gb`` (the row's
    note says so);
 3. the floor: the work of the row (2 x CNN MACs per pass, the frontend once per clip with its
@@ -232,7 +232,19 @@ def _export_models(checkpoint: Path, folder: Path, schedules: Sequence[str], pre
                 files[schedule, precision, tta] = export_onnx(checkpoint, name, precision, tta, schedule)
         return files[schedule, precision, tta]
 
-    return {(s, p, tta): onnx_file(s, p, tta) for s in schedules for p in precisions for tta in variants}
+    return {(s, p, tta): onnx_file(s, p, tta) for s, p in schedule_precisions(schedules, precisions) for tta in variants}
+
+
+def schedule_precisions(schedules: Sequence[str], precisions: Sequence[str]) -> list[tuple[str, str]]:
+    """(schedule, precision) of the ONNX rows: fp16 asked under the cpu schedule runs under the gpu
+    one (the cpu schedule refuses fp16: onnxruntime's fp16 convolutions on CPUs are slower)."""
+    pairs = []
+    for s in schedules:
+        for p in precisions:
+            pair = ("gpu", p) if (s, p) == ("cpu", "fp16") else (s, p)
+            if pair not in pairs:
+                pairs.append(pair)
+    return pairs
 
 
 def _ort_call(session, waveforms: np.ndarray, stripes: tuple[np.ndarray, np.ndarray] | None, clips_per_call: int):

@@ -89,6 +89,24 @@ def test_int8_is_quantised_on_the_fly_and_judged_by_its_tolerance(tiny):
     assert 0.9 <= parity["top1_agree"] <= 1 and abs(parity["logloss_diff"]) < 0.05
 
 
+def test_cpu_schedule_bench(tiny):
+    """--schedule cpu: fp32 and int8 TTA models loop over their passes and keep parity with the
+    torch reference; fp16 is exported with the gpu schedule, and says so."""
+    from asc_deploy.export.loop import has_pass_loop
+
+    data, checkpoint, folder = tiny
+    result = CliRunner().invoke(main, ["--model", str(checkpoint), "--data", str(data), "--nb-aug", "3", "--backends",
+                                       "torch,onnxruntime", "--precision", "fp32,fp16,int8", "--schedule", "cpu",
+                                       "--report", str(folder / "cpu")])
+    assert "fp16 is exported with the gpu schedule" in result.output
+    report = json.loads((folder / "cpu" / "report.json").read_text())
+    runs = {r["precision"]: r for r in report["runs"] if r["backend"] == "onnxruntime-cpu"}
+    looped = {p: has_pass_loop(onnx.load(r["model_file"])) for p, r in runs.items()}
+    assert looped == {"fp32": True, "fp16": False, "int8": True}
+    assert runs["fp32"]["parity"]["max_abs_prob"] <= 1e-3 and runs["fp16"]["parity"]["passed"]
+    assert 0.9 <= runs["int8"]["parity"]["top1_agree"] <= 1
+
+
 def test_perturbed_model_breaks_parity(tiny):
     data, checkpoint, folder = tiny
     model = onnx.load(str(export_onnx(checkpoint, folder / "good.onnx")))

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from asc_deploy.bench.perf import BASELINE, ORT, PRECISIONS, measure_all, perf_command, table, work_flops
+from asc_deploy.bench.perf import BASELINE, ORT, PRECISIONS, measure_all, perf_command, schedule_precisions, table, work_flops
 from tests.shared_data import checkpoint_path, needs_shared
 
 pytestmark = needs_shared
@@ -19,12 +19,13 @@ def test_floor_counts_the_issue_formula():
 
 def test_benchmark_smoke_produces_every_row(exported, int8):
     schedules = ("cpu", "gpu")
-    files = {(s, p, tta): (int8(tta, s) if p == "int8" else exported("ce", p, tta, s))
-             for s in schedules for p in PRECISIONS for tta in (False, True)}
+    pairs = schedule_precisions(schedules, PRECISIONS)
+    assert ("cpu", "fp16") not in pairs and len(pairs) == 5  # fp16 runs under the gpu schedule only
+    files = {(s, p, tta): (int8(tta, s) if p == "int8" else exported("ce", p, tta, s)) for s, p in pairs for tta in (False, True)}
     run = measure_all(checkpoint_path("ce"), iterations=1, warmup=1, batch_sizes=(1, 2), passes=2, seconds=1.0, threads=1,
                       rounds=1, row_budget_s=None, model_files=files, gemm_sizes=(256,), schedules=schedules)
     expected = {(BASELINE, "", "fp32", p, b) for p in (1, 2) for b in (1, 2)} | {
-        (ORT, s, precision, p, b) for s in schedules for precision in PRECISIONS for p in (1, 2) for b in (1, 2)}
+        (ORT, s, precision, p, b) for s, precision in pairs for p in (1, 2) for b in (1, 2)}
     assert {(r.path, r.schedule, r.precision, r.passes, r.batch) for r in run.rows} == expected and len(run.rows) == len(expected)
     assert all("Loop" in r.note for r in run.rows if r.schedule == "cpu" and r.passes > 1)
     for row in run.rows:

@@ -31,9 +31,8 @@ def loop_body(model: onnx.ModelProto) -> onnx.GraphProto:
     return next(a.g for a in loop.attribute if a.name == "body")
 
 
-@pytest.mark.parametrize("precision, atol", [("fp32", 1e-6), ("fp16", 1e-4)])
-def test_cpu_schedule_tta_equals_the_batched_graph(precision, atol, exported, reference):
-    looped, batched = onnx.load(str(exported("ce", precision, True, "cpu"))), onnx.load(str(exported("ce", precision, True, "gpu")))
+def test_cpu_schedule_tta_equals_the_batched_graph(exported, reference):
+    looped, batched = onnx.load(str(exported("ce", "fp32", True, "cpu"))), onnx.load(str(exported("ce", "fp32", True, "gpu")))
     assert has_pass_loop(looped) and not has_pass_loop(batched)
     assert not [n.name for n in looped.graph.node if n.name.startswith(SCORER_SCOPE)]  # the whole scorer runs per pass
     body = loop_body(looped)
@@ -45,7 +44,7 @@ def test_cpu_schedule_tta_equals_the_batched_graph(precision, atol, exported, re
     for waves, passes in ((wave[None], 5), (np.stack([wave, -0.5 * wave]), 3), (wave[None], 1)):
         feed = tta_feed(waves, passes, seed=passes)
         a, b = run(looped, feed), run(batched, feed)
-        assert a.shape == (len(waves), 10) and np.abs(a - b).max() <= atol
+        assert a.shape == (len(waves), 10) and np.abs(a - b).max() <= 1e-6
 
 
 def test_cpu_schedule_matches_recorded_tta_stripes(reference, tta_reference, exported):
@@ -83,12 +82,12 @@ def test_loop_transformations_refuse_other_graphs(exported):
         batch_passes(onnx.load(str(exported("ce", "fp32", True))))
 
 
-def test_fp16_loop_under_true_fp16_arithmetic(exported):
-    """onnx's reference evaluator runs the Loop body's fp16 nodes in fp16 (onnxruntime CPU upcasts)."""
-    from onnx.reference import ReferenceEvaluator
+def test_cpu_schedule_refuses_fp16(tmp_path):
+    """onnxruntime's fp16 convolutions on CPUs are slower than fp32 (TTA-30 in the Loop: 446 ms
+    against 209 ms), so the cpu schedule is for fp32 and int8 only."""
+    from asc_deploy.export.onnx_export import export_onnx
+    from tests.shared_data import checkpoint_path
 
-    evaluator = ReferenceEvaluator(str(exported("ce", "fp16", True, "cpu")))
-    t = np.arange(44_100) / 44_100
-    for label, wave in {"full-scale 1 kHz sine": np.sin(2 * np.pi * 1000 * t), "digital silence": np.zeros(t.size)}.items():
-        (probs,) = evaluator.run(None, tta_feed(wave[None], 2))
-        assert np.isfinite(probs).all() and abs(probs.sum() - 1) < 1e-3, label
+    with pytest.raises(ValueError, match="cpu schedule is for fp32 and int8"):
+        export_onnx(checkpoint_path("ce"), tmp_path / "m.onnx", "fp16", True, "cpu")
+    assert not list(tmp_path.iterdir())

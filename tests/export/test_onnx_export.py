@@ -163,6 +163,8 @@ def test_export_cli_schedule(tmp_path):
     result = CliRunner().invoke(main, ["--checkpoint", ckpt, "--format", "trt", "--schedule", "cpu", "-o", str(out)])
     assert result.exit_code == 1 and "--schedule cpu only applies to --format onnx" in result.output
     assert not out.exists()
+    result = CliRunner().invoke(main, ["--checkpoint", ckpt, "--fp16", "--schedule", "cpu", "-o", str(out)])
+    assert result.exit_code == 1 and "--schedule cpu is for fp32 and int8" in result.output
     result = CliRunner().invoke(main, ["--checkpoint", ckpt, "--tta", "--schedule", "cpu", "-o", str(out)])
     assert result.exit_code == 0 and "TTA, cpu schedule" in result.output, result.output
     model = onnx.load(str(out))

@@ -8,7 +8,7 @@ from tests.shared_data import OPS, needs_shared
 
 pytestmark = [needs_shared, pytest.mark.skipif(not OPS.is_dir(), reason="../shared/ops (operator lists) is absent")]
 VARIANTS = [("fp32", False, "gpu"), ("fp16", False, "gpu"), ("fp32", True, "gpu"), ("fp16", True, "gpu"),
-            ("fp32", True, "cpu"), ("fp16", True, "cpu")]
+            ("fp32", False, "cpu"), ("fp32", True, "cpu")]
 
 
 @pytest.mark.parametrize("precision, tta, schedule", VARIANTS)

@@ -17,8 +17,8 @@ QLinearConv depthwise kernels between the quantised convolutions.
 Activation ranges are calibrated (min/max) on a bounded number of clips of the TRAINING split of
 a data set folder in the TAU 2020 Mobile layout (:func:`asc_deploy.train.dataset.read_split`),
 one clip per calibration batch. A TTA model whose passes run in a Loop (CPU schedule) is
-calibrated and quantised in its batched form and looped again. The result carries the fp32 model's metadata with ``precision``
-set to "int8", and is written atomically.
+calibrated and quantised in its batched form and looped again. The result carries the fp32
+model's metadata with ``precision`` set to "int8", and is written atomically.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ Rows:
    single-pass graph, and the TTA graph with all passes in one call (stripes drawn on the host),
    exported with the CPU schedule (first blocks in channel groups, TTA passes run one at a time in
    an ONNX Loop) and/or the GPU schedule (whole tensors, passes batched), see
-   :class:`asc_deploy.export.onnx_export.Schedule`; fp16 always with the GPU schedule. A batched TTA call over many clips is split
-   into calls of fewer clips when its activations would exceed ``memory_budget_gb`` (the row's
-   note says so);
+   :class:`asc_deploy.export.onnx_export.Schedule`; fp16 always with the GPU schedule. A batched
+   TTA call over many clips is split into calls of fewer clips when its activations would exceed
+   ``memory_budget_gb`` (the row's note says so);
 3. the floor: the work of the row (2 x CNN MACs per pass, the frontend once per clip with its
    FFT counted at 5 N log2 N flops per frame (N = n_fft) and its mel filterbank at 2 x (N/2 + 1)
    x mel_bins flops per frame) divided by the best fp32 GEMM throughput measured in the same run
@@ -290,7 +290,7 @@ def run_perf(checkpoint: str | Path, iterations: int, warmup: int, batch_sizes: 
 def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_sizes: Sequence[int] = (1, 16), passes: int = 30, *,
                 seconds: float = 10.0, threads: int = 2, precisions: Sequence[str] = PRECISIONS, schedules: Sequence[str] = ("cpu",),
                 calibration_dir: str | Path | None = None, calibration_clips: int = 64, memory_budget_gb: float = 2.0,
-                row_budget_s: float | None = 120.0, seed: int = 0, model_files: Mapping[tuple[str, bool], str | Path] | None = None,
+                row_budget_s: float | None = 120.0, seed: int = 0, model_files: Mapping[tuple[str, str, bool], str | Path] | None = None,
                 gemm_sizes: Sequence[int] = (512, 1024, 2048), baseline: bool = True, rounds: int = 3,
                 progress: Callable[[str], None] | None = None) -> PerfRun:
     """Measure every row of the module doc in one run.

@@ -38,14 +38,14 @@ def _model_files(model: Path, precisions: list[str], tta: bool, folder: Path, da
     from the fp32 export and calibrated on the training split of ``data``), and the checkpoint if any."""
     suffix = model.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
-        from asc_deploy.export.onnx_export import export_onnx
+        from asc_deploy.export.onnx_export import export_onnx, schedule_for
 
         def name(precision: str) -> Path:
             return folder / f"model.{precision}{'.tta' if tta else ''}.onnx"
 
         if schedule == "cpu" and "fp16" in precisions:
             click.echo("asc-bench: note: fp16 is exported with the gpu schedule (the cpu schedule is for fp32 and int8)", err=True)
-        files = {p: export_onnx(model, name(p), p, tta, "gpu" if p == "fp16" else schedule) for p in precisions if p != "int8"}
+        files = {p: export_onnx(model, name(p), p, tta, schedule_for(p, schedule)) for p in precisions if p != "int8"}
         if "int8" in precisions:
             from asc_deploy.export.quantize import export_int8
 

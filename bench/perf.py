@@ -236,12 +236,14 @@ def _export_models(checkpoint: Path, folder: Path, schedules: Sequence[str], pre
 
 
 def schedule_precisions(schedules: Sequence[str], precisions: Sequence[str]) -> list[tuple[str, str]]:
-    """(schedule, precision) of the ONNX rows: fp16 asked under the cpu schedule runs under the gpu
-    one (the cpu schedule refuses fp16: onnxruntime's fp16 convolutions on CPUs are slower)."""
+    """(schedule, precision) of the ONNX rows, each once: fp16 asked under the cpu schedule runs
+    under the gpu one (:func:`asc_deploy.export.onnx_export.schedule_for`)."""
+    from asc_deploy.export.onnx_export import schedule_for
+
     pairs = []
     for s in schedules:
         for p in precisions:
-            pair = ("gpu", p) if (s, p) == ("cpu", "fp16") else (s, p)
+            pair = (schedule_for(p, s).value, p) if p in ("fp32", "fp16") else (s, p)
             if pair not in pairs:
                 pairs.append(pair)
     return pairs

@@ -49,8 +49,6 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
             raise ValueError("--engine and --trt-accelerator only apply to --format triton")
         if schedule == "cpu" and fmt != "onnx":
             raise ValueError("--schedule cpu only applies to --format onnx (TensorRT and Triton engines want whole tensors)")
-        if schedule == "cpu" and fp16:
-            raise ValueError("--schedule cpu is for fp32 and int8 (onnxruntime runs fp16 convolutions on CPUs slower than fp32)")
         if int8 and fp16:
             raise ValueError("--int8 and --fp16 exclude each other")
         if int8 and fmt != "onnx":

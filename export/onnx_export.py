@@ -84,6 +84,12 @@ class Precision(str, enum.Enum):
         return torch.float16 if self is Precision.FP16 else torch.float32
 
 
+def schedule_for(precision: Precision | str, schedule: Schedule | str) -> Schedule:
+    """The schedule ``precision`` is exported with when ``schedule`` is asked for: fp16 always with
+    the GPU one (:func:`export_onnx` refuses fp16 with the CPU schedule)."""
+    return Schedule.GPU if Precision(precision) is Precision.FP16 else Schedule(schedule)
+
+
 def checkpoint_spec_aug(checkpoint: Checkpoint) -> tuple[int, ...]:
     """The [T, n, F, m] SpecAugment setting a checkpoint was trained with (SP4ASC or own config)."""
     config = checkpoint.config

@@ -164,7 +164,7 @@ def test_export_cli_schedule(tmp_path):
     assert result.exit_code == 1 and "--schedule cpu only applies to --format onnx" in result.output
     assert not out.exists()
     result = CliRunner().invoke(main, ["--checkpoint", ckpt, "--fp16", "--schedule", "cpu", "-o", str(out)])
-    assert result.exit_code == 1 and "--schedule cpu is for fp32 and int8" in result.output
+    assert result.exit_code == 1 and "cpu schedule is for fp32 and int8" in result.output
     result = CliRunner().invoke(main, ["--checkpoint", ckpt, "--tta", "--schedule", "cpu", "-o", str(out)])
     assert result.exit_code == 0 and "TTA, cpu schedule" in result.output, result.output
     model = onnx.load(str(out))

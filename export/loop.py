@@ -150,6 +150,8 @@ def loop_over_passes(model: onnx.ModelProto) -> onnx.ModelProto:
                 placed = True
             node.input[:] = [f"{p}mean" if i == b else i for i in node.input]
         outer.append(node)
+    if not placed:
+        raise ValueError(f"the pass scorer's output {b!r} must feed a node that averages the passes")
     del graph.node[:]
     graph.node.extend(outer)
     kept = [_copy(t) for t in graph.initializer if t.name not in moved_names]

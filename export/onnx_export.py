@@ -52,7 +52,8 @@ class Schedule(str, enum.Enum):
     TensorRT). CPU: activations cut to cache size (onnxruntime on CPUs): the first two blocks
     (full and half resolution, 28 and 14 MB per 10 s pass) in :data:`CPU_CHANNEL_GROUPS` groups of
     output channels, and a TTA model's passes one at a time in an ONNX Loop
-    (:mod:`asc_deploy.export.loop`).
+    (:mod:`asc_deploy.export.loop`). Tuned for one or two clips per call (what the runtime sends):
+    with 16 clips per call the activations no longer fit in cache and GPU was faster on a CPU too.
     """
 
     GPU = "gpu"

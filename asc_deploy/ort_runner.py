@@ -135,7 +135,7 @@ def provider_status(name: str) -> tuple[bool, str]:
     return True, ""
 
 
-def _loops_over_passes(model_path: Path) -> bool:
+def loops_over_passes(model_path: Path) -> bool:
     """True for an asc-export graph with the CPU schedule's pass Loop (its metadata says so);
     False for anything else, including files onnx cannot read (onnxruntime reports those)."""
     import onnx
@@ -162,7 +162,7 @@ class OnnxRuntimeRunner:
         if not usable:
             raise AscError(f"onnxruntime provider {self.provider!r} cannot run here: {reason}", self.model_path)
         providers = [PROVIDER_NAMES[self.provider]] + (["CPUExecutionProvider"] if self.provider != "cpu" else [])
-        options = self.config.session_options(loops_over_passes=_loops_over_passes(self.model_path))
+        options = self.config.session_options(loops_over_passes=loops_over_passes(self.model_path))
         try:
             self.session = ort.InferenceSession(os.fspath(self.model_path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types

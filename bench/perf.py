@@ -313,7 +313,7 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
     from asc_deploy.export.onnx_export import Schedule, checkpoint_spec_aug
     from asc_deploy.models import build_model, load_checkpoint
     from asc_deploy.models.complexity import complexity_report
-    from asc_deploy.ort_runner import SessionConfig
+    from asc_deploy.ort_runner import SessionConfig, loops_over_passes
     from asc_deploy.stripes import tta_stripes
 
     progress = progress or (lambda message: None)
@@ -367,7 +367,7 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
                 timed((BASELINE, "", "fp32", p, b), fn, "torchlibrosa + folded Cnn6" + (", Python loop over passes" if p > 1 else ""))
             for schedule, precision, tta in files:
                 # one session alive at a time: idle onnxruntime thread pools slow a running one down
-                looped = tta and schedule == "cpu"
+                looped = loops_over_passes(files[schedule, precision, tta])  # from the file's metadata, as the runtime does
                 session = ort.InferenceSession(str(files[schedule, precision, tta]), options.session_options(looped),
                                                providers=["CPUExecutionProvider"])
                 for p, b in [c for c in configs if (c[0] > 1) == tta]:

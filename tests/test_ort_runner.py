@@ -32,7 +32,7 @@ def test_bad_values_are_refused_early():
 
 
 def test_spinning_off_only_for_graphs_that_loop_over_passes(exported):
-    from asc_deploy.ort_runner import OnnxRuntimeRunner, _loops_over_passes
+    from asc_deploy.ort_runner import OnnxRuntimeRunner, loops_over_passes
 
     def spinning(options) -> str:
         return options.get_session_config_entry("session.intra_op.allow_spinning")
@@ -41,7 +41,7 @@ def test_spinning_off_only_for_graphs_that_loop_over_passes(exported):
     assert spinning(SessionConfig().session_options(loops_over_passes=True)) == "0"
     assert spinning(SessionConfig(allow_spinning=True).session_options(loops_over_passes=True)) == "1"
     assert spinning(SessionConfig(allow_spinning=False).session_options()) == "0"
-    assert _loops_over_passes(exported("ce", "fp32", True, "cpu"))
-    assert not _loops_over_passes(exported("ce", "fp32", True, "gpu")) and not _loops_over_passes(exported("ce", "fp32", False, "cpu"))
+    assert loops_over_passes(exported("ce", "fp32", True, "cpu"))
+    assert not loops_over_passes(exported("ce", "fp32", True, "gpu")) and not loops_over_passes(exported("ce", "fp32", False, "cpu"))
     with OnnxRuntimeRunner(exported("ce", "fp32", True, "cpu")) as runner:
         assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -21,7 +21,9 @@ Rows:
 
 Every latency is the median (and 95th percentile) of repeated calls after warm-up calls; the
 rows are measured round-robin over a few rounds, so a change of machine load during the run hits
-all of them alike (the table header gives the load average at start and end). Each row also
+all of them alike (the table header gives the load average at start and end). Each row's
+``spread`` (slowest over fastest round median) shows how much the machine's speed moved; the
+table warns when it exceeds :data:`NOISY_SPREAD`. Each row also
 reports the largest difference of its probabilities from the baseline's on the same clips and
 stripes, so a fast row that computes something else is visible.
 """
@@ -51,6 +53,7 @@ BASELINE = "eager SP4ASC"
 ORT = "onnxruntime"
 PRECISIONS = ("fp32", "fp16", "int8")
 MIN_RUNS = 3  # a row stops early (row_budget_s) only after this many timed calls
+NOISY_SPREAD = 1.25  # a row whose round medians differ by more than this ratio makes the table warn
 ACTIVATION_BYTES_PER_FRAME = 2 * 64 * MEL_BINS * 4  # ~ peak live activations of one CNN pass, per frame
 
 
@@ -70,6 +73,13 @@ class PerfRow:
     speedup: float | None  # baseline median (same batch and passes) / this median
     max_prob_diff: float | None  # max |probs - baseline probs| on the same clips and stripes
     note: str = ""
+    round_medians_ms: tuple[float, ...] = ()  # the median of each round's timed calls, in round order
+
+    @property
+    def spread(self) -> float | None:
+        """Slowest over fastest round median (1.0: every round alike); None with fewer than 2 rounds.
+        A large spread means the machine's speed changed during the run (a noisy neighbour)."""
+        return max(self.round_medians_ms) / min(self.round_medians_ms) if len(self.round_medians_ms) > 1 else None
 
     @property
     def floor_ratio(self) -> float:
@@ -82,7 +92,7 @@ class PerfRow:
         return f"{self.path}{schedule} {self.precision} {'single' if self.passes == 1 else f'TTA-{self.passes}'}"
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"floor_ratio": self.floor_ratio}
+        return asdict(self) | {"floor_ratio": self.floor_ratio, "spread": self.spread}
 
 
 # --------------------------------------------------------------------------------------- timing
@@ -339,6 +349,7 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
     gemm: list[float] = []
     # row key: (path, schedule, precision, passes, batch)
     times: dict[tuple[str, str, str, int, int], list[float]] = {}
+    round_medians: dict[tuple[str, str, str, int, int], list[float]] = {}
     results: dict[tuple[str, str, str, int, int], np.ndarray] = {}
     notes: dict[tuple[str, str, str, int, int], str] = {}
     per_round = max(1, math.ceil(iterations / rounds))
@@ -349,6 +360,7 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
         # later rounds warm up once: enough for a fresh session's allocations
         new_times, results[key] = measure(fn, per_round, warmup if key not in times else min(warmup, 1), round_budget, round_min_runs)
         times.setdefault(key, []).extend(new_times)
+        round_medians.setdefault(key, []).append(float(np.median(new_times)))
         notes[key] = note
         progress(f"{' '.join(str(k) for k in key if k != '')}: {np.median(new_times):.1f} ms (median of {len(new_times)})")
 
@@ -380,19 +392,20 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
                 del session
                 gc.collect()
         gemm.append(gemm_gflops(threads, gemm_sizes))
-    measured = [(*key, times[key], results[key], notes[key]) for key in times]
+    measured = [(*key, times[key], results[key], notes[key], tuple(round_medians[key])) for key in times]
 
     best = max(gemm)
-    baseline_ms = {(p, b): float(np.median(t)) for path, _, _, p, b, t, _, _ in measured if path == BASELINE}
-    baseline_probs = {(p, b): probs for path, _, _, p, b, _, probs, _ in measured if path == BASELINE}
+    baseline_ms = {(p, b): float(np.median(t)) for path, _, _, p, b, t, *_ in measured if path == BASELINE}
+    baseline_probs = {(p, b): probs for path, _, _, p, b, _, probs, *_ in measured if path == BASELINE}
     rows = []
-    for path, schedule, precision, p, b, row_times, probs, note in measured:
+    for path, schedule, precision, p, b, row_times, probs, note, medians in measured:
         median = float(np.median(row_times))
         rows.append(PerfRow(
             path=path, schedule=schedule, precision=precision, passes=p, batch=b, median_ms=median, p95_ms=float(np.percentile(row_times, 95)),
             runs=len(row_times), floor_ms=work_flops(cnn_macs, samples, b, p) / (best * 1e9) * 1e3,
             speedup=baseline_ms[p, b] / median if (p, b) in baseline_ms else None,
             max_prob_diff=float(np.abs(probs - baseline_probs[p, b]).max()) if (p, b) in baseline_probs else None, note=note,
+            round_medians_ms=medians,
         ))
     return PerfRun(rows=rows, gemm_gflops=gemm, threads=threads, clip_seconds=seconds, cnn_macs=cnn_macs,
                    load_average=(load_start, _load_average()))
@@ -426,13 +439,21 @@ def table(rows: Sequence[PerfRow], gemm: Sequence[float] | None = None, threads:
         lines.append(f"machine: {machine()}; threads: {threads}{load}; OMP_WAIT_POLICY {omp}; GEMM fp32 best {max(gemm):.0f} GFLOP/s "
                      f"(measured {len(gemm)}x in this run: {', '.join(f'{g:.0f}' for g in gemm)})")
         lines.append("floor = (2 x CNN MACs x passes + frontend (5 N log2 N FFT + 2 x 1025 x 256 mel) per frame) / best GEMM")
-    header = f"{'path':<34} {'batch':>5} {'median ms':>10} {'p95 ms':>9} {'runs':>4} {'speed-up':>8} {'floor ms':>9} {'x floor':>7} {'max|dp|':>8}  note"
+    header = (f"{'path':<34} {'batch':>5} {'median ms':>10} {'p95 ms':>9} {'runs':>4} {'spread':>6} {'speed-up':>8} "
+              f"{'floor ms':>9} {'x floor':>7} {'max|dp|':>8}  note")
     lines += [header, "-" * len(header)]
     for r in rows:
         speedup = f"{r.speedup:.1f}x" if r.speedup is not None else "-"
         diff = f"{r.max_prob_diff:.1e}" if r.max_prob_diff is not None else "-"
-        lines.append(f"{r.label:<34} {r.batch:>5} {r.median_ms:>10.1f} {r.p95_ms:>9.1f} {r.runs:>4} {speedup:>8} "
+        spread = f"{r.spread:.2f}" if r.spread is not None else "-"
+        lines.append(f"{r.label:<34} {r.batch:>5} {r.median_ms:>10.1f} {r.p95_ms:>9.1f} {r.runs:>4} {spread:>6} {speedup:>8} "
                      f"{r.floor_ms:>9.1f} {r.floor_ratio:>7.2f} {diff:>8}  {r.note}")
+    noisy = [r for r in rows if r.spread is not None and r.spread > NOISY_SPREAD]
+    if noisy:
+        worst = max(noisy, key=lambda r: r.spread)
+        lines.append(f"warning: the machine's speed changed during the run: {len(noisy)} row(s) have round medians more than "
+                     f"{NOISY_SPREAD}x apart (worst {worst.spread:.2f}x, {worst.label} batch {worst.batch}); measure again "
+                     f"before trusting small differences")
     return lines
 
 

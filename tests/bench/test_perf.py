@@ -5,7 +5,18 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from asc_deploy.bench.perf import BASELINE, ORT, PRECISIONS, measure_all, perf_command, schedule_precisions, table, work_flops
+from asc_deploy.bench.perf import (
+    BASELINE,
+    NOISY_SPREAD,
+    ORT,
+    PRECISIONS,
+    PerfRow,
+    measure_all,
+    perf_command,
+    schedule_precisions,
+    table,
+    work_flops,
+)
 from tests.shared_data import checkpoint_path, needs_shared
 
 pytestmark = needs_shared
@@ -30,6 +41,7 @@ def test_benchmark_smoke_produces_every_row(exported, int8):
     assert all("Loop" in r.note for r in run.rows if r.schedule == "cpu" and r.passes > 1)
     for row in run.rows:
         assert row.runs == 1 and row.median_ms > 0 and row.p95_ms >= row.median_ms * 0.5 and row.floor_ms > 0
+        assert len(row.round_medians_ms) == 1 and row.spread is None  # one round: no spread
         assert row.speedup is not None and row.floor_ratio > 0
         if row.precision == "fp32":  # the exported graph computes what the eager SP4ASC pipeline computes
             assert row.max_prob_diff <= 1e-3, row
@@ -42,10 +54,13 @@ def test_perf_command_writes_a_report(tmp_path):
     report = tmp_path / "perf.json"
     result = CliRunner().invoke(perf_command, ["--checkpoint", str(checkpoint_path("ce")), "--iterations", "1", "--warmup", "0",
                                                "--batch-sizes", "1", "--passes", "1", "--seconds", "1", "--precisions", "fp32",
-                                               "--gemm-sizes", "256", "--threads", "1", "--rounds", "1", "--report", str(report)])
+                                               "--gemm-sizes", "256", "--threads", "1", "--rounds", "2", "--report", str(report)])
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert [(r["path"], r["precision"]) for r in data["rows"]] == [(BASELINE, "fp32"), (ORT, "fp32")]
+    for row in data["rows"]:  # one timed call in each of the 2 rounds: the round medians are those calls
+        assert row["runs"] == 2 and len(row["round_medians_ms"]) == 2
+        assert row["spread"] == pytest.approx(max(row["round_medians_ms"]) / min(row["round_medians_ms"]))
     assert data["gemm_gflops_best"] > 0 and all(line in result.output for line in data["table"])
     assert "x floor" in result.output
 
@@ -61,6 +76,21 @@ def test_perf_command_rejects_bad_options():
 
 def test_table_without_gemm_header():
     assert table([])[0].startswith("path")
+
+
+def _row(round_medians: tuple[float, ...]) -> PerfRow:
+    return PerfRow(path=ORT, schedule="cpu", precision="fp32", passes=30, batch=1, median_ms=200.0, p95_ms=210.0,
+                   runs=2 * len(round_medians), floor_ms=128.0, speedup=24.0, max_prob_diff=1e-7, round_medians_ms=round_medians)
+
+
+def test_table_reports_round_spread_and_warns_when_noisy():
+    quiet, noisy = _row((200.0, 210.0)), _row((200.0, 400.0))
+    assert quiet.spread == pytest.approx(1.05) and noisy.spread == pytest.approx(2.0) and _row((200.0,)).spread is None
+    lines = table([quiet])
+    assert "spread" in lines[0] and " 1.05 " in lines[2] and not any(line.startswith("warning") for line in lines)
+    lines = table([quiet, noisy])
+    assert " 2.00 " in lines[3]
+    assert lines[-1].startswith("warning: the machine's speed changed") and f"more than {NOISY_SPREAD}x apart (worst 2.00x" in lines[-1]
 
 
 def test_asc_bench_perf_mode(tmp_path):

@@ -348,8 +348,7 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
     load_start = _load_average()
     gemm: list[float] = []
     # row key: (path, schedule, precision, passes, batch)
-    times: dict[tuple[str, str, str, int, int], list[float]] = {}
-    round_medians: dict[tuple[str, str, str, int, int], list[float]] = {}
+    round_times: dict[tuple[str, str, str, int, int], list[list[float]]] = {}  # per round, its timed calls
     results: dict[tuple[str, str, str, int, int], np.ndarray] = {}
     notes: dict[tuple[str, str, str, int, int], str] = {}
     per_round = max(1, math.ceil(iterations / rounds))
@@ -358,9 +357,8 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
 
     def timed(key: tuple[str, str, str, int, int], fn: Callable[[], np.ndarray], note: str) -> None:
         # later rounds warm up once: enough for a fresh session's allocations
-        new_times, results[key] = measure(fn, per_round, warmup if key not in times else min(warmup, 1), round_budget, round_min_runs)
-        times.setdefault(key, []).extend(new_times)
-        round_medians.setdefault(key, []).append(float(np.median(new_times)))
+        new_times, results[key] = measure(fn, per_round, warmup if key not in round_times else min(warmup, 1), round_budget, round_min_runs)
+        round_times.setdefault(key, []).append(new_times)
         notes[key] = note
         progress(f"{' '.join(str(k) for k in key if k != '')}: {np.median(new_times):.1f} ms (median of {len(new_times)})")
 
@@ -392,7 +390,8 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
                 del session
                 gc.collect()
         gemm.append(gemm_gflops(threads, gemm_sizes))
-    measured = [(*key, times[key], results[key], notes[key], tuple(round_medians[key])) for key in times]
+    measured = [(*key, [t for calls in per_round_calls for t in calls], results[key], notes[key],
+                 tuple(float(np.median(calls)) for calls in per_round_calls)) for key, per_round_calls in round_times.items()]
 
     best = max(gemm)
     baseline_ms = {(p, b): float(np.median(t)) for path, _, _, p, b, t, *_ in measured if path == BASELINE}

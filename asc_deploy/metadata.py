@@ -40,6 +40,12 @@ class ModelMetadata:
     # files written before this key existed are "gpu"
     schedule: str = "gpu"
 
+    @property
+    def loops_over_passes(self) -> bool:
+        """True for a TTA graph that runs its passes one at a time in an ONNX Loop (CPU schedule):
+        one pass's activations are live at a time, so all passes can go in one call."""
+        return self.variant == "tta" and self.schedule == "cpu"
+
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for ONNX ``metadata_props``."""
         return {k: json.dumps(list(v)) if isinstance(v, tuple) else str(v) for k, v in asdict(self).items()}

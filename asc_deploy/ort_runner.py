@@ -47,17 +47,19 @@ class SessionConfig:
     peaked at 2.3 GB with it and 1.2 GB without it, for a single pass 163 MB and 128 MB, at the
     same latency (the arena still recycles the freed blocks between calls).
 
-    ``allow_spinning``: whether idle intra-op threads spin-wait for work. None (default) spins,
-    except for a graph that loops over TTA passes (``--schedule cpu``), where spinning made every
-    other session 2x slower on a 2-core VM (TTA-30, 10 s clip, six sessions: 205, 400, 208, 415,
-    210, 422 ms; without spinning 199-225 ms). Single-pass graphs ran ~8 % faster spinning.
+    ``allow_spinning``: whether idle intra-op threads spin-wait for the next op instead of
+    sleeping (onnxruntime's default: on). Between the many small ops of one call, waking sleeping
+    threads costs more than spinning: on a 2-core VM, single-pass graphs ran ~8 % faster spinning,
+    and the CPU schedule's looped TTA-30 (10 s clip) 4.5 % faster (medians 191 against 200 ms,
+    faster in 13 of 14 interleaved sessions). Turn it off when other busy processes or sessions
+    share the cores: spinning threads take CPU time from them.
     """
 
     intra_op_threads: int = 0
     graph_optimization: GraphOptimization | str = GraphOptimization.ALL  # a member or its value
     enable_memory_arena: bool = True
     enable_memory_pattern: bool = False
-    allow_spinning: bool | None = None
+    allow_spinning: bool = True
 
     def __post_init__(self) -> None:
         """Reject bad values when the config is made (ValueError), not when a session starts."""
@@ -69,8 +71,8 @@ class SessionConfig:
         if self.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
 
-    def session_options(self, loops_over_passes: bool = False):
-        """onnxruntime SessionOptions; ``loops_over_passes``: the graph runs TTA passes in a Loop."""
+    def session_options(self):
+        """onnxruntime SessionOptions with these settings."""
         import onnxruntime as ort
 
         levels = {
@@ -86,8 +88,7 @@ class SessionConfig:
         options.enable_cpu_mem_arena = self.enable_memory_arena
         options.enable_mem_pattern = self.enable_memory_pattern
         options.log_severity_level = 3
-        spinning = not loops_over_passes if self.allow_spinning is None else self.allow_spinning
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         return options
 
 
@@ -135,18 +136,6 @@ def provider_status(name: str) -> tuple[bool, str]:
     return True, ""
 
 
-def loops_over_passes(model_path: Path) -> bool:
-    """True for an asc-export graph with the CPU schedule's pass Loop (its metadata says so);
-    False for anything else, including files onnx cannot read (onnxruntime reports those)."""
-    import onnx
-
-    try:
-        props = {p.key: p.value for p in onnx.load(os.fspath(model_path), load_external_data=False).metadata_props}
-    except Exception:  # noqa: BLE001 - a broken file is onnxruntime's to report, with its own message
-        return False
-    return props.get("schedule") == "cpu" and props.get("variant") == "tta"
-
-
 class OnnxRuntimeRunner:
     """Runs an ONNX file with onnxruntime. ``with OnnxRuntimeRunner(path) as r: r.infer({...})``."""
 
@@ -162,7 +151,7 @@ class OnnxRuntimeRunner:
         if not usable:
             raise AscError(f"onnxruntime provider {self.provider!r} cannot run here: {reason}", self.model_path)
         providers = [PROVIDER_NAMES[self.provider]] + (["CPUExecutionProvider"] if self.provider != "cpu" else [])
-        options = self.config.session_options(loops_over_passes=loops_over_passes(self.model_path))
+        options = self.config.session_options()
         try:
             self.session = ort.InferenceSession(os.fspath(self.model_path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -111,7 +111,7 @@ class Classifier:
     def passes_in_memory(self) -> int:
         """CNN passes per clip whose activations are live at once in a call: 1 when the graph
         loops over the TTA passes itself (CPU schedule), else :attr:`passes`."""
-        return 1 if self.metadata.schedule == "cpu" else self.passes
+        return 1 if self.metadata.loops_over_passes else self.passes
 
     def feed(self, waveforms: np.ndarray) -> dict[str, np.ndarray]:
         """The model inputs for (batch, samples) float32 waveforms of one length (all passes)."""
@@ -134,7 +134,7 @@ class Classifier:
         feed = self.feed(waveforms)
         if self.metadata.variant != "tta":
             return self._runner.infer(feed, [OUTPUT_PROBS])[OUTPUT_PROBS]
-        group = self.tta_passes if self.metadata.schedule == "cpu" else max(1, self.pass_samples_per_call // waveforms.size)
+        group = self.tta_passes if self.metadata.loops_over_passes else max(1, self.pass_samples_per_call // waveforms.size)
         total = 0.0
         for start in range(0, self.tta_passes, group):
             part = {name: value[start : start + group] if name != INPUT_WAVEFORM else value for name, value in feed.items()}

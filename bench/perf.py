@@ -323,7 +323,8 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
     from asc_deploy.export.onnx_export import Schedule, checkpoint_spec_aug
     from asc_deploy.models import build_model, load_checkpoint
     from asc_deploy.models.complexity import complexity_report
-    from asc_deploy.ort_runner import SessionConfig, loops_over_passes
+    from asc_deploy.ort_runner import SessionConfig
+    from asc_deploy.runtime import read_model_metadata
     from asc_deploy.stripes import tta_stripes
 
     progress = progress or (lambda message: None)
@@ -366,6 +367,8 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
         variants = (False, True) if passes > 1 else (False,)
         files = _export_models(checkpoint, Path(tmp), schedules, precisions, variants, model_files or {},
                                Path(calibration_dir) if calibration_dir else None, calibration_clips, seconds, progress)
+        # from each file's metadata, as the runtime decides: a looped TTA graph gets all passes in one call
+        loops_over_passes = {key: read_model_metadata(path).loops_over_passes for key, path in files.items()}
         eager = EagerSP4ASC(checkpoint, threads) if baseline else None
         options = SessionConfig(intra_op_threads=threads)
         per_pass_clip = ACTIVATION_BYTES_PER_FRAME * num_frames(samples)
@@ -377,8 +380,8 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
                 timed((BASELINE, "", "fp32", p, b), fn, "torchlibrosa + folded Cnn6" + (", Python loop over passes" if p > 1 else ""))
             for schedule, precision, tta in files:
                 # one session alive at a time: idle onnxruntime thread pools slow a running one down
-                looped = loops_over_passes(files[schedule, precision, tta])  # from the file's metadata, as the runtime does
-                session = ort.InferenceSession(str(files[schedule, precision, tta]), options.session_options(looped),
+                looped = loops_over_passes[schedule, precision, tta]
+                session = ort.InferenceSession(str(files[schedule, precision, tta]), options.session_options(),
                                                providers=["CPUExecutionProvider"])
                 for p, b in [c for c in configs if (c[0] > 1) == tta]:
                     per_call = b if looped else max(1, min(b, int(memory_budget_gb * 2**30 // (p * per_pass_clip))))

@@ -178,3 +178,11 @@ def test_metadata_schedule_defaults_to_gpu_and_is_checked(exported):
     assert ModelMetadata.from_props(props).schedule == "gpu"
     with pytest.raises(AscError, match="unknown schedule 'tpu'"):
         ModelMetadata.from_props(props | {"schedule": "tpu"}, "x.onnx")
+
+
+def test_metadata_says_which_graphs_loop_over_passes(exported):
+    from asc_deploy.runtime import read_model_metadata
+
+    assert read_model_metadata(exported("ce", "fp32", True, "cpu")).loops_over_passes
+    assert not read_model_metadata(exported("ce", "fp32", True, "gpu")).loops_over_passes
+    assert not read_model_metadata(exported("ce", "fp32", False, "cpu")).loops_over_passes

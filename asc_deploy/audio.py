@@ -176,6 +176,15 @@ def _check_length(samples: int, name: str | Path) -> None:
         )
 
 
+def _file_kind(mode: int) -> str:
+    """What a non-regular, non-directory file is, in words."""
+    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def _open(path: Path) -> sf.SoundFile:
     """Open ``path`` for reading after the checks that need no decoding."""
     try:
@@ -186,6 +195,8 @@ def _open(path: Path) -> sf.SoundFile:
         raise AscError(f"cannot access the file ({err.strerror})", path) from err
     if stat.S_ISDIR(info.st_mode):
         raise AscError("is a directory, not an audio file", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise AscError(f"not a regular file ({_file_kind(info.st_mode)}); audio files are read whole and seeked", path)
     if info.st_size == 0:
         raise AscError("empty file (0 bytes)", path)
     try:

@@ -15,6 +15,7 @@ import click
 import numpy as np
 
 from asc_deploy.errors import AscError
+from asc_deploy.extras import require_extras
 from asc_deploy.metrics import classwise_log_loss_accuracy, groupwise, reliability
 from asc_deploy.ort_runner import SessionConfig
 from asc_deploy.runtime import read_model_metadata
@@ -274,6 +275,11 @@ def main(ctx: click.Context, model: Path, data: Path | None, split: str, backend
          batch_size: int | None, seed: int, report_dir: Path, tolerance: tuple[str, ...], threads: int, reference: Path | None,
          perf: bool, iterations: int, schedule: str | None) -> None:
     """Benchmark MODEL on every backend available here; print the table, write the report."""
+    try:
+        require_extras("asc-bench", "bench", "train")  # train: the torch reference and the data set reader
+    except AscError as err:
+        click.echo(f"asc-bench: error: {err}", err=True)
+        sys.exit(1)
     from asc_deploy.bench.report import terminal_table
 
     if perf:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from asc_deploy.errors import AscError
+from asc_deploy.extras import require_extras
 
 
 def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool, int8: bool = False) -> Path:
@@ -38,12 +39,7 @@ def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool, int8: bool
 def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, workspace_mib: int, timing_cache: str | None,
          engine: bool, trt_accelerator: bool, schedule: str, int8: bool, calibration_data: str | None) -> None:
     """Export CHECKPOINT for deployment; the graph starts at the raw 44.1 kHz waveform."""
-    from asc_deploy.export.onnx_export import Precision, export_onnx
-    from asc_deploy.models import build_model, load_checkpoint
-    from asc_deploy.models.complexity import complexity_report
-
     output_path = Path(output) if output else _default_output(checkpoint, fmt, fp16, tta, int8)
-    precision = Precision.FP16 if fp16 else Precision.FP32
     try:
         if engine and fmt != "triton" or trt_accelerator and fmt != "triton":
             raise ValueError("--engine and --trt-accelerator only apply to --format triton")
@@ -57,6 +53,13 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
             raise ValueError("--int8 needs --calibration-data DIR (a data set whose training split calibrates it)")
         if calibration_data and not int8:
             raise ValueError("--calibration-data only applies to --int8")
+        needs_trt = fmt == "trt" or engine
+        require_extras("asc-export" + (" with TensorRT" if needs_trt else ""), "train", *(("trt",) if needs_trt else ()))
+        from asc_deploy.export.onnx_export import Precision, export_onnx
+        from asc_deploy.models import build_model, load_checkpoint
+        from asc_deploy.models.complexity import complexity_report
+
+        precision = Precision.FP16 if fp16 else Precision.FP32
         for line in complexity_report(build_model(load_checkpoint(checkpoint))).lines():
             click.echo(line)
         if fmt == "onnx" and int8:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,8 @@ BAD_CASES: dict[str, BadCase] = {
     ),
     "directory": _file_case(lambda p: p.mkdir(), "directory", name="folder.wav"),
     "empty-file": _file_case(lambda p: p.write_bytes(b""), "empty"),
+    "named-pipe": _file_case(os.mkfifo, "not a regular file (a named pipe)", "live.wav"),
+    "device-file": _file_case(lambda p: p.symlink_to("/dev/null"), "not a regular file (a character device)", "null.wav"),
     "text-file": _file_case(lambda p: p.write_text("hello, not audio\n" * 50), NOT_AUDIO),
     "byte-ramp": _file_case(lambda p: p.write_bytes(bytes(range(256)) * 40), NOT_AUDIO, "x.flac"),
     "truncated-wav16": _file_case(_truncated("WAV", "PCM_16", 0.6), "truncated"),

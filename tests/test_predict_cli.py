@@ -291,6 +291,8 @@ CASES: dict[str, Case] = {
     "missing-file": _row("absent.wav", lambda p: None, "no such file"),
     "directory": _row("folder.wav", lambda p: p.mkdir(), "directory"),
     "empty-file": _row("empty.wav", lambda p: p.write_bytes(b""), "empty"),
+    "named-pipe": _row("live.wav", os.mkfifo, "not a regular file (a named pipe)"),
+    "device-file": _row("null.wav", lambda p: p.symlink_to("/dev/null"), "not a regular file (a character device)"),
     "truncated-wav": _row("cut.wav", _cut("WAV", 0.6), "truncated"),
     "truncated-flac": _row("cut.flac", _cut("FLAC", 0.7), "truncated"),
     "not-audio-text": _row("notes.wav", lambda p: p.write_text("hello, not audio\n" * 50), NOT_AUDIO),

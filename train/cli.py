@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from asc_deploy.errors import AscError
+from asc_deploy.extras import require_extras
 from asc_deploy.train.config import BUILTIN_CONFIGS, load_config
-from asc_deploy.train.trainer import train
 
 
 @click.command()
@@ -28,6 +28,9 @@ def main(config_name: str, data: Path, out: Path, epochs: int | None, device: st
     """Train the SP4ASC Cnn6 scene classifier; writes OUT/last.pth, OUT/best.pth (lowest evaluate
     log loss), OUT/metrics.jsonl and TensorBoard logs in OUT/tensorboard."""
     try:
+        require_extras("asc-train", "train")
+        from asc_deploy.train.trainer import train
+
         config = load_config(config_name)
         overrides = {name: value for name, value in (("epochs", epochs), ("seed", seed)) if value is not None}
         train(dataclasses.replace(config, **overrides), data, out, device, resume)

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from asc_deploy.errors import AscError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -105,6 +103,8 @@ def load_config(name_or_path: str | Path) -> TrainConfig:
     path = CONFIG_DIR / f"{name_or_path}.yaml" if str(name_or_path) in BUILTIN_CONFIGS else Path(name_or_path)
     if not path.is_file():
         raise AscError(f"unknown config: neither a built-in name {list(BUILTIN_CONFIGS)} nor a YAML file", name_or_path)
+    import yaml  # the [train] extra's: imported here so that the CLI can say which extra is missing first
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
 from asc_deploy.errors import AscError
@@ -45,6 +46,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise AscError("no such checkpoint file" if not path.exists() else "not a file", path)
+    if not _has_torch_magic(path):
+        raise AscError(f"not a PyTorch checkpoint (neither a zip archive nor a pickle){_looks_like(path)}", path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -66,9 +69,32 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path=path, sha256=file_sha256(path), state_dict=state_dict, config=config, source=source)
 
 
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive (1.6+), a legacy pickle (protocol 2+)
+
+
+def _has_torch_magic(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4).startswith(_TORCH_MAGIC)
+
+
+def _looks_like(path: Path) -> str:
+    """A hint naming what a file that is not a checkpoint seems to be ("" when unknown)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head.startswith((b"RIFF", b"fLaC", b"OggS")):
+        return "; it looks like an audio file"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: not ONNX
+        return ""
+    if model.ir_version > 0 and len(model.graph.node) > 0:
+        return "; it looks like an ONNX model: pass the PyTorch checkpoint (.pth) it was exported from"
+    return ""
+
+
 def _last_reason(err: BaseException) -> str:
-    """The informative line of torch's multi-line unpickling errors."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    """The informative line of torch's multi-line unpickling errors (not its "please file an issue" plea)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().startswith("Please file an issue")]
     reasons = [line for line in lines if "invalid load key" in line or "error" in line.lower()]
     return (reasons or lines or [type(err).__name__])[-1][:200]
 

@@ -1,6 +1,9 @@
 import pickle
 
+import numpy as np
+import onnx
 import pytest
+import soundfile as sf
 import torch
 
 from asc_deploy.errors import AscError
@@ -53,6 +56,29 @@ def test_non_checkpoint_files(tmp_path, content, problem):
     with pytest.raises(AscError, match=problem) as err:
         load_checkpoint(path)
     assert str(path) in str(err.value)
+
+
+def _tiny_onnx(path):
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    x, y = (onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in "xy")
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([node], "g", [x], [y])), str(path))
+
+
+@pytest.mark.parametrize("make, hint", [
+    (_tiny_onnx, "it looks like an ONNX model: pass the PyTorch checkpoint (.pth) it was exported from"),
+    (lambda p: sf.write(p, np.zeros(4410, np.float32), 44100, format="WAV"), "it looks like an audio file"),
+    (lambda p: p.write_bytes(pickle.dumps({"net": {}}, protocol=2)[:-3]), None),  # a pickle cut short
+])
+def test_foreign_files_are_named_in_our_words(tmp_path, make, hint):
+    """Never torch's internal "Please file an issue ..." text; a hint when the file is recognisable."""
+    path = tmp_path / "model.pth"
+    make(path)
+    with pytest.raises(AscError, match="not a PyTorch checkpoint") as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert "Please file an issue" not in message and "\n" not in message
+    if hint:
+        assert message.endswith(hint)
 
 
 def test_missing_file_and_wrong_payload(tmp_path):

@@ -18,7 +18,14 @@ import onnx
 from asc_deploy.audio import iter_windows, split_windows, validate_waveform
 from asc_deploy.errors import AscError
 from asc_deploy.labels import CLIP_SAMPLES, SAMPLE_RATE, num_frames
-from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_PROBS, ModelMetadata
+from asc_deploy.metadata import (
+    INPUT_FREQ_STRIPES,
+    INPUT_TIME_STRIPES,
+    INPUT_WAVEFORM,
+    OUTPUT_LOGITS,
+    OUTPUT_PROBS,
+    ModelMetadata,
+)
 from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig
 from asc_deploy.stripes import tta_stripes
 
@@ -98,9 +105,15 @@ class Classifier:
         inputs = sorted(i.name for i in session.get_inputs())
         outputs = sorted(o.name for o in session.get_outputs())
         need = sorted([INPUT_WAVEFORM] + ([INPUT_TIME_STRIPES, INPUT_FREQ_STRIPES] if self.metadata.variant == "tta" else []))
-        if inputs != need or OUTPUT_PROBS not in outputs:
+        if inputs != need or not set(self.output_names) <= set(outputs):
             raise AscError(f"not an asc-deploy {self.metadata.variant} model graph: inputs {inputs}, outputs {outputs} "
-                           f"(need inputs {need} and output {OUTPUT_PROBS!r})", self.model_path)
+                           f"(need inputs {need} and outputs {list(self.output_names)})", self.model_path)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What :meth:`infer` returns: ``logits`` and ``probs`` for a single-pass model, ``probs``
+        (mean softmax over the passes) for a TTA model."""
+        return (OUTPUT_PROBS,) if self.metadata.variant == "tta" else (OUTPUT_LOGITS, OUTPUT_PROBS)
 
     @property
     def passes(self) -> int:
@@ -141,6 +154,13 @@ class Classifier:
             probs = self._runner.infer(part, [OUTPUT_PROBS])[OUTPUT_PROBS].astype(np.float64)
             total = total + probs * len(part[INPUT_TIME_STRIPES])
         return (total / self.tta_passes).astype(np.float32)
+
+    def infer(self, waveforms: np.ndarray) -> dict[str, np.ndarray]:
+        """(batch, samples) float32 waveforms at 44.1 kHz, one length -> each of
+        :attr:`output_names` as a (batch, classes) float32 array (what ``asc-serve`` returns)."""
+        if self.metadata.variant == "tta":
+            return {OUTPUT_PROBS: self.probabilities(waveforms)}
+        return self._runner.infer(self.feed(waveforms), list(self.output_names))
 
     def _predict_windows(self, windows: Iterable[np.ndarray], name: str | Path) -> Prediction:
         total, count, pending, peak = None, 0, [], 0.0

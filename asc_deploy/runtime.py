@@ -8,7 +8,7 @@ probabilities. A TTA model draws its SpecAugment stripes on the host from ``seed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,29 +163,8 @@ class Classifier:
         return self._runner.infer(self.feed(waveforms), list(self.output_names))
 
     def _predict_windows(self, windows: Iterable[np.ndarray], name: str | Path) -> Prediction:
-        total, count, pending, peak = None, 0, [], 0.0
-
-        def flush() -> None:
-            nonlocal total, count
-            probs = self.probabilities(np.stack(pending)).astype(np.float64)
-            total = probs.sum(axis=0) if total is None else total + probs.sum(axis=0)
-            count += len(pending)
-            pending.clear()
-
-        for window in windows:
-            if pending and window.shape != pending[0].shape:
-                flush()
-            pending.append(window)
-            peak = max(peak, float(np.abs(window).max()))
-            if (len(pending) + 1) * window.size * self.passes_in_memory > self.pass_samples_per_call:
-                flush()
-        if pending:
-            flush()
-        probs = (total / count).astype(np.float32)
-        if not np.isfinite(probs).all():  # e.g. float PCM near 1e17: the power spectrum overflows float32
-            hint = "; audio is expected within [-1, 1]" if peak > 1 else ""
-            raise AscError(f"the model gave non-finite probabilities (peak sample amplitude {peak:.3g}{hint})", name)
-        return Prediction(label=self.labels[int(np.argmax(probs))], probs=probs, labels=self.labels, windows=count)
+        return predict_windows(windows, self.probabilities, self.labels, name,
+                               self.pass_samples_per_call // self.passes_in_memory)
 
     def predict(self, source: str | Path | np.ndarray) -> Prediction:
         """Classify an audio file (any rate or channel count; streamed) or a waveform array
@@ -194,3 +173,36 @@ class Classifier:
             return self._predict_windows(split_windows(validate_waveform(source), hop_seconds=self.hop_seconds), "<array>")
         return self._predict_windows(iter_windows(source, hop_seconds=self.hop_seconds), source)
 
+
+def predict_windows(windows: Iterable[np.ndarray], probabilities: Callable[[np.ndarray], np.ndarray],
+                    labels: tuple[str, ...], name: str | Path, samples_per_call: int) -> Prediction:
+    """Average the class probabilities of a file's windows (float32, 44.1 kHz).
+
+    Consecutive windows of one length go to ``probabilities`` ((batch, samples) -> (batch,
+    classes)) together, at most ``samples_per_call`` samples at a time (at least one window); the
+    mean over windows is taken in float64. Shared by :class:`Classifier` and the Triton client
+    (:mod:`asc_deploy.client`), so that both give the same result for the same windows.
+    """
+    total, count, pending, peak = None, 0, [], 0.0
+
+    def flush() -> None:
+        nonlocal total, count
+        probs = probabilities(np.stack(pending)).astype(np.float64)
+        total = probs.sum(axis=0) if total is None else total + probs.sum(axis=0)
+        count += len(pending)
+        pending.clear()
+
+    for window in windows:
+        if pending and window.shape != pending[0].shape:
+            flush()
+        pending.append(window)
+        peak = max(peak, float(np.abs(window).max()))
+        if (len(pending) + 1) * window.size > samples_per_call:
+            flush()
+    if pending:
+        flush()
+    probs = (total / count).astype(np.float32)
+    if not np.isfinite(probs).all():  # e.g. float PCM near 1e17: the power spectrum overflows float32
+        hint = "; audio is expected within [-1, 1]" if peak > 1 else ""
+        raise AscError(f"the model gave non-finite probabilities (peak sample amplitude {peak:.3g}{hint})", name)
+    return Prediction(label=labels[int(np.argmax(probs))], probs=probs, labels=labels, windows=count)

@@ -15,6 +15,7 @@ in time raises :class:`~asc_deploy.errors.AscError` naming the URL. One instance
 
 from __future__ import annotations
 
+import http.client
 import json
 from pathlib import Path
 from types import ModuleType
@@ -82,9 +83,11 @@ class TritonClassifier:
         self._tc = _tritonclient(self._scheme)
         from tritonclient.utils import InferenceServerException
 
-        # What a failing call raises: Triton's errors, refused/reset connections, timeouts (gevent's
-        # timeout for HTTP is an OSError subclass; gRPC reports deadlines as InferenceServerException).
-        self._errors = (InferenceServerException, OSError)
+        # What a failing call raises: Triton's errors, refused/reset connections and timeouts
+        # (OSError), a connection the HTTP server closed mid-response (geventhttpclient's
+        # HTTPConnectionClosed is an http.client.HTTPException); gRPC reports all of them as
+        # InferenceServerException.
+        self._errors = (InferenceServerException, OSError, http.client.HTTPException)
         if self._scheme == "grpc":
             self._client = self._tc.InferenceServerClient(address)
         else:

@@ -25,6 +25,7 @@ import numpy as np
 
 from asc_deploy.audio import iter_windows, split_windows, validate_waveform
 from asc_deploy.errors import AscError
+from asc_deploy.extras import require_extras
 from asc_deploy.labels import CLIP_SAMPLES
 from asc_deploy.metadata import INPUT_WAVEFORM, OUTPUT_PROBS
 from asc_deploy.runtime import Prediction, predict_windows
@@ -36,14 +37,11 @@ DEFAULT_TIMEOUT_S = 60.0
 
 
 def _tritonclient(scheme: str) -> ModuleType:
-    try:
-        if scheme == "grpc":
-            import tritonclient.grpc as module
-        else:
-            import tritonclient.http as module
-    except ImportError as err:
-        raise AscError(f"talking to a Triton server needs the '{CLIENT_EXTRA}' extra (tritonclient): "
-                       f"pip install 'asc-deploy[{CLIENT_EXTRA}]' ({err})") from err
+    require_extras("the Triton client", CLIENT_EXTRA)
+    if scheme == "grpc":
+        import tritonclient.grpc as module
+    else:
+        import tritonclient.http as module
     return module
 
 

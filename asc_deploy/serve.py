@@ -42,13 +42,13 @@ import numpy as np
 
 from asc_deploy.audio import MIN_SAMPLES
 from asc_deploy.errors import AscError
+from asc_deploy.extras import require_extras
 from asc_deploy.labels import SAMPLE_RATE
 from asc_deploy.metadata import INPUT_WAVEFORM
 from asc_deploy.runtime import Classifier
 from asc_deploy.triton_model import LABELS_PARAMETER, MAX_QUEUE_DELAY_US, MODEL_NAME, preferred_batch_sizes
 
 SERVE_EXTRA = "serve"
-INSTALL_HINT = f"pip install 'asc-deploy[{SERVE_EXTRA}]'"
 # Endpoints that change the server (PyTriton guards them with a generated token); statistics,
 # health, metadata and inference stay open, as on a stock Triton serving the exported repository.
 RESTRICTED_ENDPOINTS = ("shared-memory", "model-repository", "trace", "logging")
@@ -83,14 +83,6 @@ class ServerConfig:
     @property
     def ports(self) -> dict[str, int]:
         return {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
-
-
-def require_pytriton() -> None:
-    """Raise :class:`AscError` naming the extra to install when PyTriton is missing."""
-    try:
-        import pytriton.triton  # noqa: F401
-    except ImportError as err:
-        raise AscError(f"serving needs the '{SERVE_EXTRA}' extra (nvidia-pytriton): {INSTALL_HINT} ({err})") from err
 
 
 def python_library_dir() -> Path:
@@ -169,7 +161,7 @@ def serve(classifier: Classifier, config: ServerConfig, on_ready: Callable[[], N
     Raises :class:`AscError` when PyTriton is missing, a port is taken or the interpreter cannot
     host the Python backend's stub; ``on_ready`` runs once the model is loaded and ready.
     """
-    require_pytriton()
+    require_extras("asc-serve", SERVE_EXTRA)
     check_ports_free(config)
     os.environ.update(stub_environment(dict(os.environ)))  # PyTriton starts tritonserver with os.environ
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor

@@ -9,9 +9,10 @@ import sys
 import click
 
 from asc_deploy.errors import AscError
+from asc_deploy.extras import require_extras
 from asc_deploy.ort_runner import SessionConfig
 from asc_deploy.runtime import DEFAULT_TTA_PASSES, Classifier
-from asc_deploy.serve import ServerConfig, python_library_dir, require_pytriton, serve
+from asc_deploy.serve import SERVE_EXTRA, ServerConfig, python_library_dir, serve
 from asc_deploy.triton_model import MAX_QUEUE_DELAY_US, MODEL_NAME
 
 
@@ -32,7 +33,7 @@ def main(model_path: str, host: str, http_port: int, grpc_port: int, metrics_por
          max_queue_delay_us: int, provider: str, tta_passes: int, seed: int, threads: int) -> None:
     """Serve MODEL as Triton model "asc_sp4asc" until SIGTERM or Ctrl-C."""
     try:
-        require_pytriton()
+        require_extras("asc-serve", SERVE_EXTRA)
         python_library_dir()
         config = ServerConfig(host, http_port, grpc_port, metrics_port, max_batch_size, max_queue_delay_us)
         classifier = Classifier(model_path, provider=provider, tta_passes=tta_passes, seed=seed,

@@ -3,6 +3,7 @@ the client's URL parsing and missing extras."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from asc_deploy import extras
 from asc_deploy import serve as serve_module
 from asc_deploy.client import TritonClassifier, parse_url
 from asc_deploy.errors import AscError
 from asc_deploy.predict_cli import main as predict_main
-from asc_deploy.serve import python_library_dir, require_pytriton, stub_environment
+from asc_deploy.serve import python_library_dir, stub_environment
 from asc_deploy.serve_cli import main as serve_main
 from asc_deploy.serve_process import free_ports
 
@@ -55,17 +57,22 @@ def test_same_port_twice_refused(random_model):
     assert "ports must differ" in one_line_error(result)
 
 
+def hide(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Pretend that the given distributions are not installed."""
+    real = extras._installed
+    monkeypatch.setattr(extras, "_installed", lambda name: name not in names and real(name))
+
+
 def test_missing_serve_extra_named_before_any_work(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "pytriton.triton", None)  # import fails as if not installed
-    with pytest.raises(AscError, match=r"pip install 'asc-deploy\[serve\]'"):
-        require_pytriton()
-    result = CliRunner().invoke(serve_main, ["--model", str(tmp_path / "absent.onnx")])
-    assert "'serve' extra" in one_line_error(result)  # said before the model is even looked at
+    hide(monkeypatch, "nvidia-pytriton")
+    result = CliRunner().invoke(serve_main, ["--model", str(tmp_path / "absent.onnx")])  # model not looked at
+    assert one_line_error(result) == ("asc-serve: error: asc-serve needs the optional extra serve (nvidia-pytriton not "
+                                      "installed): pip install -c constraints.txt 'asc-deploy[serve]'")
 
 
 def test_missing_client_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tritonclient.http", None)
-    with pytest.raises(AscError, match=r"pip install 'asc-deploy\[client\]'"):
+    hide(monkeypatch, "tritonclient")
+    with pytest.raises(AscError, match=re.escape("pip install -c constraints.txt 'asc-deploy[client]'")):
         TritonClassifier("http://127.0.0.1:1")
 
 

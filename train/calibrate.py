@@ -44,6 +44,7 @@ MIN_CLIPS_PER_CLASS_VECTOR = 5  # and per class for class-wise temperatures
 TEMPERATURE_RANGE = (1e-2, 1e2)  # an optimum outside it means the NLL has no useful minimum
 MAX_ITERATIONS = 100  # Newton steps (a fit takes 5-10)
 GRADIENT_TOLERANCE = 1e-10  # of the mean NLL with respect to log T
+MIN_CURVATURE = 1e-6  # second derivative of the mean NLL in log T at a true minimum (real fits: 0.1-1)
 PASS_SECONDS_PER_CALL = 90.0  # audio seconds x passes per CNN call: bounds torch's activation memory (~0.5 GB per 10 s pass)
 
 
@@ -160,6 +161,10 @@ def _fit(logits: np.ndarray, labels: np.ndarray, vector: bool) -> TemperatureFit
     gradient = torch.autograd.functional.jacobian(nll, log_t)
     if float(gradient.abs().max()) > 1e-6:
         raise AscError(f"the temperature fit did not converge (gradient {float(gradient.abs().max()):.2e} after {iterations} steps)")
+    curvature = float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(nll, log_t)).min())
+    if curvature < MIN_CURVATURE:  # a plateau, not a minimum: e.g. every clip right with a wide margin (T -> 0)
+        raise AscError(f"the NLL of the calibration clips has no minimum in T (flat at T = "
+                       f"{format_temperature(temperature.tolist() if vector else float(temperature[0]))}, NLL {value:.3g}): nothing to calibrate on")
     result: Temperature = tuple(float(t) for t in temperature) if vector else float(temperature[0])
     return TemperatureFit(result, before, value, iterations)
 
@@ -225,7 +230,7 @@ def heldout_clips(checkpoint: Checkpoint, data_dir: str | Path) -> Any:
     """The checkpoint's calibration hold-out recomputed from ``data_dir``'s training split
     (:class:`asc_deploy.train.holdout.HoldoutSplit`); AscError when the model was trained without
     one or ``data_dir`` is not the data set it was trained on."""
-    from asc_deploy.train.dataset import read_split
+    from asc_deploy.train.dataset import SPLIT_FILES, read_split
     from asc_deploy.train.holdout import holdout_split
 
     record = checkpoint.holdout
@@ -241,6 +246,13 @@ def heldout_clips(checkpoint: Checkpoint, data_dir: str | Path) -> Any:
     if [c.filename for c in split.calibration] != recorded:
         raise AscError(f"the calibration hold-out recomputed from this data set ({len(split.calibration)} clips) differs from the "
                        f"{len(recorded)} clips the model was trained without: is it the data set the model was trained on?", data_dir)
+    if (Path(data_dir) / "evaluation_setup" / SPLIT_FILES["evaluate"]).is_file():
+        evaluate = read_split(data_dir, "evaluate")
+        shared = ({c.filename for c in split.calibration} & {c.filename for c in evaluate}
+                  | set(split.locations) & {str(c.location) for c in evaluate if c.location})
+        if shared:
+            raise AscError(f"the evaluate split shares {len(shared)} clip(s) or location(s) with the calibration split "
+                           f"(e.g. {sorted(shared)[0]}): fitting there would leak into the evaluation", data_dir)
     return split
 
 

@@ -3,7 +3,6 @@ softmax) and in metadata_props; every graph form then equals the calibrated torc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,9 @@ from asc_deploy.runtime import Classifier, read_model_metadata
 from asc_deploy.stripes import tta_stripes
 from asc_deploy.train.dataset import load_clip, read_split
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TEMPERATURE, TTA_TEMPERATURE = 2.0, 3.0
 PASSES = 4
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ and writes a checkpoint that carries the temperature and the calibration record.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,7 @@ from asc_deploy.models import build_model, load_checkpoint
 from asc_deploy.train.calibrate import MIN_CLIPS, calibrate, fit_temperature, main, probabilities
 from asc_deploy.train.dataset import read_split
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def draw(clips: int, passes: int, temperature: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

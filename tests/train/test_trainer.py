@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,8 @@ from asc_deploy.train.cli import main
 from asc_deploy.train.config import TrainConfig, config_to_dict, load_config
 from asc_deploy.train.synth import make_dataset
 from asc_deploy.train.trainer import RunLog, focal_loss, mixup, train, train_step
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {  # every augmentation on, so that resuming must replay every random draw
     "epochs": 3, "batch_size": 8, "lr": 3.0e-3, "eta_min": 1.0e-4, "weight_decay": 1.0e-5, "dropout": 0.2,
@@ -60,15 +61,6 @@ def run_cli(*args: object) -> subprocess.Popen:
         [sys.executable, "-m", "asc_deploy.train.cli", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: tests share the machine's cores, and oversubscribed threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

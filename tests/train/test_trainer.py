@@ -262,3 +262,17 @@ def test_one_epoch_on_cuda_with_amp(tiny_data: Path, tmp_path: Path) -> None:
     payload = torch.load(tmp_path / "out" / "last.pth", weights_only=True)
     assert payload["scaler"]["scale"] > 0  # GradScaler was enabled
     build_model(load_checkpoint(tmp_path / "out" / "last.pth"))
+
+
+def test_holdout_is_left_out_of_training_and_recorded(tiny_data: Path, tmp_path: Path) -> None:
+    from asc_deploy.train.dataset import read_split
+    from asc_deploy.train.holdout import holdout_split
+
+    config = dataclasses.replace(load_config(write_config(tmp_path)), epochs=1, holdout=0.3, spec_aug=None, mixup_alpha=None)
+    out = tmp_path / "out"
+    train(config, tiny_data, out, "cpu")
+    payload = torch.load(out / "last.pth", weights_only=True)
+    split = holdout_split(read_split(tiny_data, "train"), 0.3, config.seed)
+    assert payload["holdout"] == split.record() and payload["config"]["holdout"] == 0.3
+    assert payload["holdout"]["train_clips"] == len(split.train) < len(read_split(tiny_data, "train"))
+    assert load_checkpoint(out / "last.pth").holdout["clips"] == [c.filename for c in split.calibration]

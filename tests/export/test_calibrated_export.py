@@ -94,6 +94,13 @@ def test_calibrated_fp16_and_runtime(calibrated: Path, waves: np.ndarray, tmp_pa
     assert np.abs(runtime - expected).max() <= 1e-5
 
 
+def test_triton_repository_serves_the_calibrated_graph(calibrated: Path, tmp_path: Path) -> None:
+    from asc_deploy.export.triton import write_triton_repository
+
+    model_dir = write_triton_repository(export_onnx(calibrated, tmp_path / "model.onnx"), tmp_path / "repo")
+    assert read_model_metadata(model_dir / "1" / "model.onnx").temperature == TEMPERATURE
+
+
 def test_calibrated_int8_divides_the_same_logits(calibrated: Path, held_out_model: Path, calibration_dir: Path, waves: np.ndarray,
                                                   tmp_path: Path) -> None:
     """The temperature stays a float Div after the (float) head: the int8 graph of the calibrated

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from asc_deploy.errors import AscError
 from asc_deploy.models import build_model, load_checkpoint
-from asc_deploy.train.calibrate import MIN_CLIPS, calibrate, fit_temperature, main, probabilities
+from asc_deploy.train.calibrate import MIN_CLIPS, calibrate, fit_temperature, probabilities
+from asc_deploy.train.calibrate_cli import main
 from asc_deploy.train.dataset import read_split
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -207,7 +207,8 @@ def _calibration_table(checkpoint: Path, waveforms, labels: np.ndarray, nb_aug: 
     if not loaded.calibration:
         return None
     single, tta = pass_logits(build_model(loaded), waveforms, len(labels), nb_aug, spec_aug, seed, f"{'calibration table':<28}")
-    rows = calibration_rows(single, tta, labels, loaded.temperature(False), loaded.calibration.get("tta_temperature") and loaded.temperature(True))
+    tta_temperature = loaded.temperature(True) if loaded.calibration.get("tta_temperature") is not None else None
+    rows = calibration_rows(single, tta, labels, loaded.temperature(False), tta_temperature)
     split = loaded.calibration.get("split") or {}
     return {"checkpoint": str(checkpoint), "method": loaded.calibration.get("method"), "fitted_on": f"{len(split.get('clips', []))} held-out "
             f"training clips of {loaded.calibration.get('data')}", "rows": rows}

@@ -2,7 +2,8 @@
 
 Steps: load the checkpoint, fold BatchNorm, cast the CNN to the requested precision, trace the
 shared torch pipeline (frontend + CNN) with the TorchScript-based exporter, attach the model
-contract's metadata, check the graph (``onnx.checker`` full check and the operator lists of the
+contract's metadata (a calibrated checkpoint's temperature divides the logits in the graph and
+is recorded as ``temperature``), check the graph (``onnx.checker`` full check and the operator lists of the
 targeted runtimes), then move the file into place atomically.
 
 The traced modules are export forms of the shared ones (:class:`ExportFrontend`,
@@ -265,12 +266,14 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
     checkpoint = load_checkpoint(checkpoint_path)
     cnn = export_cnn(fold_batchnorm(build_model(checkpoint)), channel_groups=channel_groups)
     frontend = ExportFrontend().eval()
-    module = (TTAClassifier if tta else WaveformClassifier)(frontend, cnn, precision.torch_dtype).eval()
+    temperature = checkpoint.temperature(tta)
+    module = (TTAClassifier if tta else WaveformClassifier)(frontend, cnn, precision.torch_dtype, temperature).eval()
     metadata = ModelMetadata(
         labels=CLASS_LABELS, sample_rate=frontend.sample_rate, n_fft=frontend.n_fft, hop_length=frontend.hop_length,
         mel_bins=frontend.mel_bins, clip_seconds=CLIP_SECONDS, precision=precision.value,
         variant="tta" if tta else "single", spec_aug=checkpoint_spec_aug(checkpoint), targets=TARGETS,
         checkpoint_sha256=checkpoint.sha256, package_version=__version__, schedule=schedule.value,
+        temperature=1.0 if temperature is None else temperature,
     )
     with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
         traced = Path(tmp) / "traced.onnx"

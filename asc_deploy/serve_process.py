@@ -2,15 +2,21 @@
 
 The child runs in its own session (process group), so :meth:`ServerProcess.kill` takes down
 tritonserver and the Python backend's stub with it, as a crashed or killed container would.
+PyTriton's workspace (the tritonserver copy and model store, ~22 MB) goes in a temporary folder
+of its own (``PYTRITON_HOME``; short, as it holds Unix sockets) rather than ``~/.cache/pytriton``,
+and is removed once the server ended, even killed; :meth:`ServerProcess.kill` also removes
+Triton's shared-memory region (``/dev/shm/pytrtion<pid>-*``, named after the killed process).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +50,7 @@ class ServerProcess:
         self.model, self.log_path, self.args, self.host = Path(model), Path(log_path), args, host
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3, host)
         self.process: subprocess.Popen | None = None
+        self._home = ""  # PYTRITON_HOME of the running server
 
     @property
     def http_url(self) -> str:
@@ -65,8 +72,10 @@ class ServerProcess:
     def start(self, timeout_s: float = 120.0) -> ServerProcess:
         """Start the server and return once Triton reports the model ready; :class:`AscError`
         with the log's tail if it exits or is not ready within ``timeout_s``."""
+        self._home = tempfile.mkdtemp(prefix="asc-pytriton-")
+        env = {**os.environ, "PYTRITON_HOME": self._home}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -103,6 +112,7 @@ class ServerProcess:
                 self.kill()
                 raise AscError(f"processes of asc-serve outlived it by {timeout_s:g} s")
             time.sleep(0.1)
+        shutil.rmtree(self._home, ignore_errors=True)
         return code
 
     def kill(self) -> None:
@@ -113,6 +123,9 @@ class ServerProcess:
         except ProcessLookupError:
             pass
         self.process.wait()
+        for region in Path("/dev/shm").glob(f"pytrtion{self.process.pid}-*"):
+            region.unlink(missing_ok=True)
+        shutil.rmtree(self._home, ignore_errors=True)
 
     def group_alive(self) -> bool:
         """Whether any process of the server's group (tritonserver, the stub) is still running."""

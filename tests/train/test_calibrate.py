@@ -94,7 +94,8 @@ def test_calibrate_writes_temperatures_and_record(held_out_model: Path, calibrat
     assert all(torch.equal(build_model(calibrated).state_dict()[k], v) for k, v in source.state_dict.items())  # strict, untouched
     # The same fit from Python, nothing written; the held-out clips' NLL at the fitted T is what the record says.
     again = calibrate(held_out_model, calibration_dir)
-    assert again["temperature"] == pytest.approx(record["temperature"], rel=1e-9) and again["tta_temperature"] is None
+    # batches of other sizes (7 clips per call with 4 passes, 30 without) round the logits differently: ~1e-7
+    assert again["temperature"] == pytest.approx(record["temperature"], rel=1e-5) and again["tta_temperature"] is None
 
 
 def test_calibrate_refuses_what_it_cannot_do(held_out_model: Path, calibration_dir: Path, random_checkpoint: Path, tmp_path: Path) -> None:

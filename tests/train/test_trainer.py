@@ -168,7 +168,7 @@ def test_run_writes_checkpoints_logs_and_table(uninterrupted: Path) -> None:
     assert all(math.isfinite(line["train_loss"]) and 0 <= line["eval_accuracy"] <= 1 for line in lines)
     for name in ("last.pth", "best.pth"):
         payload = torch.load(uninterrupted / name, weights_only=True)
-        assert payload["format"] == "asc-deploy" and payload["config"] == TINY
+        assert payload["format"] == "asc-deploy" and payload["config"] == {**TINY, "holdout": 0.0}  # the default is recorded
         assert set(payload) >= {"net", "epoch", "optim", "scheduler", "scaler", "rng", "best_metric"}
         build_model(load_checkpoint(uninterrupted / name))
     assert torch.load(uninterrupted / "last.pth", weights_only=True)["epoch"] == 3

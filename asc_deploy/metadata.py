@@ -5,10 +5,17 @@ also takes ``time_stripes`` (passes, n, 2) and ``freq_stripes`` (passes, m, 2) i
 width]`` in frames and mel bins. Outputs: ``logits`` and ``probs`` float32 (batch, classes); the
 TTA variant outputs ``probs`` only (mean softmax over passes). ``metadata_props`` hold the keys
 of :class:`ModelMetadata`, each a string (lists as JSON).
+
+Streaming graphs (``asc-export --stream``, beside ``M.onnx``; see :func:`stream_graph_paths`):
+``M.frontend.onnx`` maps ``waveform`` (batch, samples) to ``logmel`` (batch, 1, samples // hop - 1,
+bins) in dB WITHOUT padding (frame t covers samples [t * hop, t * hop + n_fft)); ``M.logmel.onnx``
+is the classifier from ``logmel`` (batch, 1, frames, bins), with the same stripes and outputs as
+``M.onnx``. Their metadata is ``M.onnx``'s with ``graph`` "frontend" or "logmel".
 """
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -20,6 +27,21 @@ INPUT_TIME_STRIPES = "time_stripes"
 INPUT_FREQ_STRIPES = "freq_stripes"
 OUTPUT_LOGITS = "logits"
 OUTPUT_PROBS = "probs"
+INPUT_LOGMEL = OUTPUT_LOGMEL = "logmel"
+
+
+class Graph(str, enum.Enum):
+    """Which graph of a model a file holds: the whole classifier, or one of the two streaming graphs."""
+
+    WAVEFORM = "waveform"  # waveform -> probs (the single-file contract)
+    FRONTEND = "frontend"  # waveform -> logmel, no padding
+    LOGMEL = "logmel"  # logmel -> probs
+
+
+def stream_graph_paths(model_path: str | Path) -> tuple[Path, Path]:
+    """(frontend, logmel) streaming graphs written beside ``model_path``: M.onnx -> M.frontend.onnx, M.logmel.onnx."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.frontend.onnx"), path.with_name(f"{path.stem}.logmel.onnx")
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,7 @@ class ModelMetadata:
     # "gpu" (whole tensors, TTA passes batched) or "cpu" (cache-sized: TTA passes in a Loop);
     # files written before this key existed are "gpu"
     schedule: str = "gpu"
+    graph: str = Graph.WAVEFORM.value  # see Graph; files written before this key existed are "waveform"
 
     @property
     def loops_over_passes(self) -> bool:
@@ -75,4 +98,6 @@ class ModelMetadata:
             raise AscError(f"bad model metadata: unknown variant {values['variant']!r}", source)
         if values.get("schedule", "gpu") not in ("gpu", "cpu"):
             raise AscError(f"bad model metadata: unknown schedule {values['schedule']!r}", source)
+        if values.get("graph", Graph.WAVEFORM.value) not in {g.value for g in Graph}:
+            raise AscError(f"bad model metadata: unknown graph {values['graph']!r}", source)
         return cls(**values)

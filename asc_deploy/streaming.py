@@ -70,7 +70,7 @@ class Smoothing(str, enum.Enum):
     the argmax of ``s``: fewer label flips on short events, at the price of lag (a change of scene
     takes about ``1 / a`` hops to show) and of probabilities no longer those of the window.
     HYSTERESIS: probabilities stay raw, but the label only changes when another class's
-    probability beats the current label's by ``margin``: no flicker between two close classes,
+    probability beats the current label's by more than ``margin``: no flicker between two close classes,
     at the price of keeping a stale label while they stay close.
     """
 
@@ -230,9 +230,9 @@ class StreamClassifier:
             frames = self._frontend.infer({INPUT_WAVEFORM: span[None]}, [OUTPUT_LOGMEL])[OUTPUT_LOGMEL][0, 0]
             for index, frame in enumerate(frames):
                 self._frames[lo + index * hop] = frame
-        for key in [k for k in self._frames if k < start]:  # frames before the window are never needed again
-            del self._frames[key]
-        return np.stack([self._frames[k] for k in keys]) if keys else np.zeros((0, self.metadata.mel_bins), np.float32)
+        # Keep this window's frames only: the next window shares them if it starts on the same grid.
+        self._frames = {k: self._frames[k] for k in keys}
+        return np.stack(list(self._frames.values()))
 
     def _edges(self, clip: np.ndarray) -> np.ndarray:
         """The first and last frame of ``clip`` (the only ones whose reflect padding reaches into
@@ -286,7 +286,7 @@ class StreamClassifier:
             self._smoothed = probs if self._smoothed is None else (a * probs + (1 - a) * self._smoothed).astype(np.float32)
             return self._smoothed, int(np.argmax(self._smoothed))
         best = int(np.argmax(probs))
-        if self.smoothing is Smoothing.HYSTERESIS and self._label is not None and probs[best] < probs[self._label] + self.smoothing_value:
+        if self.smoothing is Smoothing.HYSTERESIS and self._label is not None and probs[best] <= probs[self._label] + self.smoothing_value:
             return probs, self._label
         self._label = best
         return probs, best

@@ -4,8 +4,6 @@ samples cut out as a clip (1e-5 in every probability), whatever the block sizes,
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,28 +14,9 @@ from asc_deploy.labels import SAMPLE_RATE
 from asc_deploy.metadata import stream_graph_paths
 from asc_deploy.runtime import Classifier
 from asc_deploy.streaming import DEFAULT_HOP_FRAMES, StreamClassifier, StreamResampler
-from tests.shared_data import SP4ASC, checkpoint_path
 
 TOLERANCE = 1e-5  # every probability, fp32
 TTA_PASSES = 3  # enough to test the stripes (drawn per window length), cheap
-
-
-@pytest.fixture(scope="session")
-def stream_model(tmp_path_factory):
-    """stream_model(tta, schedule) -> an asc-export --stream model of the official "ce" checkpoint (cached)."""
-    if not SP4ASC.is_dir():
-        pytest.skip("../shared/sp4asc is absent")
-    from asc_deploy.export.onnx_export import export_onnx
-
-    folder, cache = tmp_path_factory.mktemp("stream"), {}
-
-    def get(tta: bool = False, schedule: str = "gpu") -> Path:
-        if (tta, schedule) not in cache:
-            cache[tta, schedule] = export_onnx(checkpoint_path("ce"), folder / f"ce.{tta}.{schedule}.onnx", tta=tta,
-                                               schedule=schedule, stream=True)
-        return cache[tta, schedule]
-
-    return get
 
 
 def signal(seconds: float, seed: int) -> np.ndarray:

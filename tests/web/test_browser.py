@@ -7,9 +7,11 @@ the page shows with onnxruntime on the same waveform. Setup: ``.ci/install-brows
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +30,7 @@ from tests.shared_data import REPO
 
 WEB = REPO / "examples" / "web"
 SCRIPT = Path(__file__).with_name("browser_check.mjs")
+LISTEN_SCRIPT = Path(__file__).with_name("listen_check.mjs")
 CHROMIUM = Path("/usr/bin/chromium")
 NODE = shutil.which("node")
 SAMPLE_RATE = 44_100
@@ -61,18 +64,25 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server(exported):
-    model = exported()
+@contextlib.contextmanager
+def _serve(model: Path):
+    """examples/web over HTTP on a free port, with ``model`` at /models/asc.onnx; yields the base URL."""
     handler = type("Handler", (_Handler,), {"extra": {"/models/asc.onnx": model}})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(WEB)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", model
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def server(exported):
+    model = exported()
+    with _serve(model) as url:
+        yield url, model
 
 
 def test_page_matches_onnxruntime(server, reference, tmp_path):
@@ -137,3 +147,60 @@ def test_missing_model_shows_error(server, tmp_path):
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["pageState"] == "error" and "HTTP 404" in out["error"], out
+
+
+def capture_alignment(recording: np.ndarray, wave: np.ndarray) -> tuple[int, int]:
+    """(z, o): the page's capture is ``z`` samples of silence (the audio graph runs before the
+    fake microphone delivers), then the file from sample ``o`` on (the device started playing
+    before the page's worklet was connected). ``o`` is found by cross-correlation (FFT) of 1 s of
+    the capture against the file."""
+    z = int(np.flatnonzero(recording)[0])
+    probe = recording[z : z + SAMPLE_RATE].astype(np.float64)
+    size = 1 << int(np.ceil(np.log2(len(wave) + len(probe))))
+    corr = np.fft.irfft(np.fft.rfft(wave, size) * np.conj(np.fft.rfft(probe, size)), size)[: len(wave) - len(probe)]
+    return z, int(np.argmax(corr))
+
+
+def test_listen_mode_matches_asc_stream(stream_model, reference, tmp_path):
+    """Listen mode with Chromium's fake microphone playing a 16-bit wav: the page emits hops over
+    the documented windows; each equals asc-stream on what the page captured (1e-4), and asc-stream
+    on the same file aligned as the capture path delivers it (silence, then the file from a start
+    offset; found here by cross-correlation): 1e-4 as well. Measured: page against its own
+    capture <= 2e-7, against the aligned file <= 2e-5 (the fake device scales 16-bit PCM by
+    1/32767 instead of 1/32768: 91 dB SNR)."""
+    model = stream_model()
+    wav, screenshot, recording = tmp_path / "scene.wav", tmp_path / "listen.png", tmp_path / "capture.f32"
+    wave = (0.5 * reference["wave/03_vehicle"] + 0.5 * reference["wave/04_birds"]).astype(np.float32)
+    sf.write(wav, wave, SAMPLE_RATE, subtype="PCM_16")
+    wave = sf.read(wav, dtype="float32")[0]  # as quantised to 16 bits
+    with _serve(model) as base_url:
+        proc = subprocess.run([NODE, str(LISTEN_SCRIPT), f"{base_url}/index.html?model=models/asc.onnx&record=1", str(wav),
+                               str(screenshot), "5", str(recording)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["pageState"] == "ready" and out["listenState"] == "listening", out
+    assert not [m for m in out["console"] if m.startswith(("error", "pageerror"))], out["console"]
+    hops = out["hops"]
+    assert len(hops) >= 5 and screenshot.stat().st_size > 0
+    assert [(h["start"], round(h["end"] * SAMPLE_RATE)) for h in hops[:3]] == [(0, 44_100), (0, 88_132), (0, 132_164)]
+    captured = np.fromfile(recording, "<f4")
+
+    def asc_stream(samples: np.ndarray, name: str) -> list[dict]:
+        path = tmp_path / name
+        sf.write(path, samples, SAMPLE_RATE, subtype="FLOAT")
+        result = subprocess.run([sys.executable, "-m", "asc_deploy.stream_cli", "--model", str(model), str(path), "--json"],
+                                capture_output=True, text=True, timeout=120, check=True)
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    z, o = capture_alignment(captured, wave)
+    ideal = np.concatenate([np.zeros(z, np.float32), wave[o:]])[: len(captured)]
+    for name, samples in (("capture.wav", captured), ("aligned.wav", ideal)):
+        rows = asc_stream(samples, name)
+        worst = 0.0
+        for hop, row in zip(hops, rows):
+            assert round(hop["end"] * SAMPLE_RATE) == round(row["end"] * SAMPLE_RATE)
+            worst = max(worst, float(np.abs(np.asarray(hop["probs"]) - np.asarray(list(row["probs"].values()))).max()))
+            assert hop["flags"] == row["flags"]
+        print(f"\nListen mode against asc-stream on {name} (capture: {z} samples of silence, then the file from sample {o}): "
+              f"max |diff| probs {worst:.2e} over {min(len(hops), len(rows))} hops")
+        assert worst <= 1e-4

@@ -10,7 +10,10 @@ Streaming graphs (``asc-export --stream``, beside ``M.onnx``; see :func:`stream_
 ``M.frontend.onnx`` maps ``waveform`` (batch, samples) to ``logmel`` (batch, 1, samples // hop - 1,
 bins) in dB WITHOUT padding (frame t covers samples [t * hop, t * hop + n_fft)); ``M.logmel.onnx``
 is the classifier from ``logmel`` (batch, 1, frames, bins), with the same stripes and outputs as
-``M.onnx``. Their metadata is ``M.onnx``'s with ``graph`` "frontend" or "logmel".
+``M.onnx``. A single-pass model also gets the same classifier split at the CNN's last feature map:
+``M.features.onnx`` (``logmel`` -> ``features`` (batch, 128, frames // 16, bins // 16)) and
+``M.head.onnx`` (``features`` (batch, 128, columns, bins // 16) -> ``logits``, ``probs``). Their
+metadata is ``M.onnx``'s with ``graph`` "frontend", "logmel", "features" or "head".
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ INPUT_FREQ_STRIPES = "freq_stripes"
 OUTPUT_LOGITS = "logits"
 OUTPUT_PROBS = "probs"
 INPUT_LOGMEL = OUTPUT_LOGMEL = "logmel"
+INPUT_FEATURES = OUTPUT_FEATURES = "features"
 
 
 class Graph(str, enum.Enum):
@@ -36,12 +40,21 @@ class Graph(str, enum.Enum):
     WAVEFORM = "waveform"  # waveform -> probs (the single-file contract)
     FRONTEND = "frontend"  # waveform -> logmel, no padding
     LOGMEL = "logmel"  # logmel -> probs
+    FEATURES = "features"  # logmel -> the CNN's last feature map (single-pass models)
+    HEAD = "head"  # features -> probs (single-pass models)
 
 
 def stream_graph_paths(model_path: str | Path) -> tuple[Path, Path]:
     """(frontend, logmel) streaming graphs written beside ``model_path``: M.onnx -> M.frontend.onnx, M.logmel.onnx."""
     path = Path(model_path)
     return path.with_name(f"{path.stem}.frontend.onnx"), path.with_name(f"{path.stem}.logmel.onnx")
+
+
+def stream_cnn_paths(model_path: str | Path) -> tuple[Path, Path]:
+    """(features, head) graphs of a single-pass model's CNN split, beside ``model_path``:
+    M.onnx -> M.features.onnx, M.head.onnx."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.features.onnx"), path.with_name(f"{path.stem}.head.onnx")
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,8 @@ import numpy as np
 from asc_deploy.atomic import atomic_open
 from asc_deploy.audio import file_blocks, open_audio
 from asc_deploy.errors import AscError
-from asc_deploy.ort_runner import SessionConfig
 from asc_deploy.runtime import DEFAULT_TTA_PASSES
-from asc_deploy.streaming import Smoothing, StreamClassifier, StreamPrediction, StreamResampler, percentile_ms
+from asc_deploy.streaming import Smoothing, StreamClassifier, StreamPrediction, StreamResampler, percentile_ms, stream_session
 
 FILE_BLOCK = 1 << 16  # frames per read from a file (as fast as possible)
 LIVE_BLOCK = 1024  # frames per read when paced in real time, and most per read from a pipe
@@ -135,7 +134,7 @@ def main(model_path: str, source: str, as_json: bool, output: str | None, follow
             classifier = StreamClassifier(
                 model_path, hop=None if hop_seconds is None else round(hop_seconds * 44_100),
                 window=None if window_seconds is None else round(window_seconds * 44_100), channels=channels,
-                provider=provider, tta_passes=tta_passes, seed=seed, session=SessionConfig(intra_op_threads=threads),
+                provider=provider, tta_passes=tta_passes, seed=seed, session=stream_session(threads),
                 smoothing=smoothing, smoothing_value=smoothing_value)
             resampler = StreamResampler(in_rate, channels, classifier.sample_rate)
             if output and not follow:

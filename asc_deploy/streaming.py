@@ -39,11 +39,27 @@ import soxr
 
 from asc_deploy.audio import MIN_SAMPLES, RESAMPLE_QUALITY
 from asc_deploy.errors import AscError
-from asc_deploy.metadata import INPUT_WAVEFORM, OUTPUT_LOGMEL, Graph, stream_graph_paths
+from asc_deploy.metadata import (
+    INPUT_FEATURES,
+    INPUT_LOGMEL,
+    INPUT_WAVEFORM,
+    OUTPUT_FEATURES,
+    OUTPUT_LOGMEL,
+    OUTPUT_PROBS,
+    Graph,
+    stream_cnn_paths,
+    stream_graph_paths,
+)
 from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig
 from asc_deploy.runtime import DEFAULT_PASSES_PER_CALL, DEFAULT_TTA_PASSES, Classifier, read_model_metadata
 
 DEFAULT_HOP_FRAMES = 43  # frame hops per prediction hop: 43 x 1,024 = 44,032 samples, the closest to 1 s
+COLUMN_FRAMES = 16  # frames per column of the CNN's last feature map (its four 2x2 poolings)
+DEFAULT_REUSE_HOP_FRAMES = 48  # the multiple of COLUMN_FRAMES closest to 1 s: 49,152 samples (1.115 s)
+# A feature column j depends on frames [16 j - 30, 16 j + 45] (four dilated 3x3 convolutions, each
+# followed by a 2x2 pool): columns are computed from frames with this many whole columns around them.
+CONTEXT_COLUMNS = 2  # left: 30 <= 2 x 16 frames
+RIGHT_EDGE_COLUMNS = 3  # columns whose fields reach the last (edge) frame or past the window's end
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,13 @@ class StreamPrediction:
                 "probs": {label: float(p) for label, p in zip(self.labels, self.probs)}, "flags": list(self.flags)}
 
 
+def stream_session(threads: int = 0) -> SessionConfig:
+    """The default session options of a :class:`StreamClassifier`: spinning off. A hop makes
+    several short calls to different sessions (frontend, CNN, head), each with its own thread
+    pool; spinning idle threads of one pool would take the cores from the next."""
+    return SessionConfig(intra_op_threads=threads, allow_spinning=False)
+
+
 class _Tail:
     """The last ``size`` rows of a stream of (samples, channels) float32 blocks, amortised O(1) per sample."""
 
@@ -132,7 +155,8 @@ class StreamClassifier:
         hop: samples (44.1 kHz) between predictions; default 43 frames (44,032 samples, 0.998 s).
         window: samples per prediction window, from 1 s up to the model's clip length (default).
         channels: channels of the blocks given to :meth:`push` (averaged to mono, as offline).
-        tta_passes, seed, session, passes_per_call, provider: as for :class:`Classifier`.
+        tta_passes, seed, passes_per_call, provider: as for :class:`Classifier`.
+        session: onnxruntime options of every session; default :func:`stream_session` (no spinning).
         smoothing, smoothing_value: see :class:`Smoothing`; the EMA's weight ``a`` in (0, 1] or
             the hysteresis margin in [0, 1].
         quality: thresholds of the input-quality flags.
@@ -140,7 +164,7 @@ class StreamClassifier:
 
     def __init__(self, model_path: str | Path, hop: int | None = None, window: int | None = None, channels: int = 1,
                  provider: str = "cpu", tta_passes: int = DEFAULT_TTA_PASSES, seed: int = 0,
-                 session: SessionConfig = SessionConfig(), passes_per_call: int = DEFAULT_PASSES_PER_CALL,
+                 session: SessionConfig | None = None, passes_per_call: int = DEFAULT_PASSES_PER_CALL,
                  smoothing: Smoothing | str = Smoothing.NONE, smoothing_value: float = 0.3,
                  quality: QualityThresholds = QualityThresholds()) -> None:
         metadata = read_model_metadata(model_path)
@@ -152,7 +176,11 @@ class StreamClassifier:
                 raise AscError(f"streaming needs {path.name} beside the model: export it with asc-export --stream", model_path)
         self.frame_hop, self.n_fft = metadata.hop_length, metadata.n_fft
         clip = round(metadata.clip_seconds * metadata.sample_rate)
-        self.hop = DEFAULT_HOP_FRAMES * self.frame_hop if hop is None else int(hop)
+        has_cnn_split = metadata.variant == "single" and all(p.is_file() for p in stream_cnn_paths(model_path))
+        default = DEFAULT_REUSE_HOP_FRAMES if has_cnn_split else DEFAULT_HOP_FRAMES
+        self.hop = default * self.frame_hop if hop is None else int(hop)
+        # CNN columns are shared between windows whose starts differ by whole columns.
+        self.reuses_cnn = has_cnn_split and self.hop % (COLUMN_FRAMES * self.frame_hop) == 0
         self.window = clip if window is None else int(window)
         if not MIN_SAMPLES <= self.window <= clip:
             raise ValueError(f"window must be {MIN_SAMPLES} to {clip} samples, got {self.window}")
@@ -166,11 +194,16 @@ class StreamClassifier:
             raise ValueError(f"{self.smoothing.value} value must be in {'[' if limits[2] else '('}0, 1], got {smoothing_value}")
         self.smoothing_value, self.quality, self.channels = smoothing_value, quality, channels
         self.sample_rate = metadata.sample_rate
+        session = stream_session() if session is None else session
         self.classifier = Classifier(logmel_path, provider, tta_passes, seed, session=session, passes_per_call=passes_per_call)
         self.labels = self.classifier.labels
         self.metadata = metadata
         self._frontend = OnnxRuntimeRunner(frontend_path, provider, session)
         self._frontend.activate()
+        self._features = self._head = None
+        if self.reuses_cnn:
+            self._features, self._head = (OnnxRuntimeRunner(path, provider, session) for path in stream_cnn_paths(model_path))
+            self._features.activate(), self._head.activate()
         self.reset()
 
     def reset(self) -> None:
@@ -181,6 +214,7 @@ class StreamClassifier:
         self._mono = _Tail(self.window, 1)
         self._multi = _Tail(self.window, self.channels) if self.channels > 1 else None
         self._frames: dict[int, np.ndarray] = {}  # absolute start sample -> interior log-mel frame (bins,)
+        self._columns: dict[int, np.ndarray] = {}  # absolute first sample -> interior feature column (channels, bins)
         self._smoothed: np.ndarray | None = None
         self._label: int | None = None
 
@@ -234,6 +268,39 @@ class StreamClassifier:
         self._frames = {k: self._frames[k] for k in keys}
         return np.stack(list(self._frames.values()))
 
+    def _feature_map(self, logmel: np.ndarray, start: int) -> np.ndarray:
+        """The CNN's last feature map (1, channels, columns, bins) of a window's log-mel (frames,
+        bins) starting at absolute sample ``start``. Columns near the window's edges come from
+        runs of the features graph that include the edge (and so its padding); interior columns
+        come from the cache, or from one run over the missing ones with CONTEXT_COLUMNS whole
+        columns of frames on each side. Every run starts on a column boundary of the window, so
+        its poolings group the frames as the whole window's do: the same values."""
+        frames = len(logmel)
+        count = frames // COLUMN_FRAMES
+        span = COLUMN_FRAMES * self.frame_hop  # samples per column
+
+        def run(lo: int, hi: int) -> np.ndarray:  # columns of frames [lo, hi) -> (columns, channels, bins)
+            out = self._features.infer({INPUT_LOGMEL: logmel[None, None, lo:hi]}, [OUTPUT_FEATURES])[OUTPUT_FEATURES][0]
+            return out.transpose(1, 0, 2)
+
+        ctx = CONTEXT_COLUMNS
+        columns: list[np.ndarray | None] = [None] * count
+        left = run(0, min(frames, COLUMN_FRAMES * 2 * ctx))[:ctx]
+        columns[: len(left)] = list(left)
+        right_first = max(ctx, count - RIGHT_EDGE_COLUMNS)
+        if right_first < count:
+            columns[right_first:] = list(run(COLUMN_FRAMES * (right_first - ctx), frames)[ctx:])
+        keys = {j: start + j * span for j in range(ctx, right_first)}
+        missing = [j for j, key in keys.items() if key not in self._columns]
+        if missing:
+            a, b = missing[0], missing[-1] + 1
+            for j, column in zip(range(a, b), run(COLUMN_FRAMES * (a - ctx), COLUMN_FRAMES * (b + ctx))[ctx:]):
+                self._columns[keys[j]] = column
+        self._columns = {key: self._columns[key] for key in keys.values()}  # this window's only
+        for j, key in keys.items():
+            columns[j] = self._columns[key]
+        return np.stack(columns, axis=1)[None]
+
     def _edges(self, clip: np.ndarray) -> np.ndarray:
         """The first and last frame of ``clip`` (the only ones whose reflect padding reaches into
         them), padded as the offline frontend pads: (2, bins)."""
@@ -268,7 +335,10 @@ class StreamClassifier:
         frames = length // self.frame_hop + 1
         edges = self._edges(clip)
         logmel = np.concatenate([edges[:1], self._interior(start, 1, frames - 2), edges[1:]])
-        probs = self.classifier.probabilities(logmel[None, None], samples=length)[0]
+        if self.reuses_cnn:
+            probs = self._head.infer({INPUT_FEATURES: self._feature_map(logmel, start)}, [OUTPUT_PROBS])[OUTPUT_PROBS][0]
+        else:
+            probs = self.classifier.probabilities(logmel[None, None], samples=length)[0]
         if not np.isfinite(probs).all():
             peak = float(np.abs(clip).max())
             raise AscError(f"the model gave non-finite probabilities for {start / self.sample_rate:.3f}-{end / self.sample_rate:.3f} s "

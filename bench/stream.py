@@ -1,14 +1,18 @@
 """Streaming benchmark: the cost of one hop of :class:`asc_deploy.streaming.StreamClassifier`
 against a full single pass over a 10 s window, measured in ONE run, at batch 1.
 
-Rows (each the median of timed calls, measured round-robin over ``rounds`` rounds so that a
-change of machine load hits them alike):
+Rows (each the median of ``rounds x iterations`` timed calls, one call of each row in turn, so
+that a change of machine load hits them alike; every session with the stream classifier's
+options, :func:`~asc_deploy.streaming.stream_session`):
 
 - ``full pass``: :class:`~asc_deploy.runtime.Classifier` on a 10 s clip (the waveform graph:
   frontend and CNN), what a stream classifier that recomputes its window does at every hop;
-- ``stream hop``: one steady-state hop (10 s window, default hop of 43 frames) of the stream
-  classifier: 43 new frames and 2 edge frames through the frontend graph, the CNN graph on the
-  431 frames of the window, the quality flags;
+- ``stream hop (48 frames, CNN reused)``: one steady-state hop (10 s window) of the stream
+  classifier at its default hop for a single-pass model, 48 frames (3 feature columns): 48 new
+  frames and 2 edge frames through the frontend graph, the CNN's features graph over the 3 new
+  columns and the 5 columns at the window's edges (with their context), the head, the flags;
+- ``stream hop (43 frames)``: the hop closest to 1 s on the frame grid, which shares log-mel
+  frames but not CNN columns (43 is not a multiple of 16): the CNN runs on all 431 frames;
 - ``stream hop, off-grid``: the same with a hop of exactly 1 s (44,100 samples, not a multiple of
   the frame hop), which recomputes every frame of the window;
 - ``frontend 10 s`` and ``CNN 10 s``: the two graphs alone over a whole window, to show where a
@@ -30,9 +34,9 @@ import numpy as np
 from asc_deploy.bench.perf import make_clips, measure
 from asc_deploy.labels import CLIP_SAMPLES, SAMPLE_RATE
 from asc_deploy.metadata import INPUT_LOGMEL, INPUT_WAVEFORM, OUTPUT_LOGMEL, OUTPUT_PROBS, stream_graph_paths
-from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig
+from asc_deploy.ort_runner import OnnxRuntimeRunner
 from asc_deploy.runtime import Classifier
-from asc_deploy.streaming import StreamClassifier
+from asc_deploy.streaming import StreamClassifier, stream_session
 
 FULL = "full pass"
 
@@ -46,9 +50,9 @@ class StreamRow:
     ratio: float  # median / the full pass's median (same run)
 
 
-def _hop_fn(model: Path, hop: int, session: SessionConfig, seconds: float):
+def _hop_fn(model: Path, hop: int, threads: int, seconds: float):
     """A call that feeds one hop of new audio to a stream classifier past its growing windows."""
-    classifier = StreamClassifier(model, hop=hop, session=session)
+    classifier = StreamClassifier(model, hop=hop, session=stream_session(threads))
     audio = make_clips(1, seconds, seed=1)[0]
     classifier.push(audio[: CLIP_SAMPLES + hop])
     position = [CLIP_SAMPLES + hop]
@@ -65,7 +69,7 @@ def _hop_fn(model: Path, hop: int, session: SessionConfig, seconds: float):
 
 def measure_stream(model: Path, threads: int = 2, iterations: int = 10, warmup: int = 2, rounds: int = 3) -> list[StreamRow]:
     """The rows of the module docstring for an ``asc-export --stream`` single-pass model."""
-    session = SessionConfig(intra_op_threads=threads)
+    session = stream_session(threads)  # every row alike: spinning off (see stream_session)
     clip = make_clips(1, CLIP_SAMPLES / SAMPLE_RATE, seed=0)
     full = Classifier(model, session=session)
     frontend_path, logmel_path = stream_graph_paths(model)
@@ -77,15 +81,18 @@ def measure_stream(model: Path, threads: int = 2, iterations: int = 10, warmup: 
     seconds = 4 * CLIP_SAMPLES / SAMPLE_RATE
     calls = {
         FULL: lambda: full.probabilities(clip),
-        "stream hop (43 frames)": _hop_fn(model, 43 * 1024, session, seconds),
-        "stream hop, off-grid (1 s)": _hop_fn(model, SAMPLE_RATE, session, seconds),
+        "stream hop (48 frames, CNN reused)": _hop_fn(model, 48 * 1024, threads, seconds),
+        "stream hop (43 frames)": _hop_fn(model, 43 * 1024, threads, seconds),
+        "stream hop, off-grid (1 s)": _hop_fn(model, SAMPLE_RATE, threads, seconds),
         "frontend 10 s": lambda: frontend.infer({INPUT_WAVEFORM: padded}, [OUTPUT_LOGMEL]),
         "CNN 10 s": lambda: cnn.infer({INPUT_LOGMEL: logmel}, [OUTPUT_PROBS]),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for index in range(rounds):
+    for name, call in calls.items():
+        measure(call, 0, warmup)
+    for _ in range(rounds * iterations):  # one call of each row in turn: load changes hit every row alike
         for name, call in calls.items():
-            times[name] += measure(call, iterations, warmup if index == 0 else 0)[0]
+            times[name] += measure(call, 1, 0)[0]
     base = float(np.median(times[FULL]))
     return [StreamRow(name, float(np.median(t)), float(np.percentile(t, 95)), len(t), float(np.median(t)) / base)
             for name, t in times.items()]

@@ -36,13 +36,17 @@ from asc_deploy.metadata import (
     INPUT_TIME_STRIPES,
     INPUT_WAVEFORM,
     OUTPUT_LOGITS,
+    INPUT_FEATURES,
+    OUTPUT_FEATURES,
     OUTPUT_LOGMEL,
     OUTPUT_PROBS,
     Graph,
     ModelMetadata,
+    stream_cnn_paths,
     stream_graph_paths,
 )
 from asc_deploy.models import LogMelFrontend, TTAClassifier, WaveformClassifier, build_model, fold_batchnorm, load_checkpoint
+from asc_deploy.models.pipeline import FeatureExtractor, FeatureHead
 from asc_deploy.models.checkpoint import Checkpoint
 from asc_deploy.models.cnn6 import Cnn6, SeparableConvBlock
 
@@ -267,9 +271,11 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
     ``tta`` exports the test-time-augmentation variant (stripes as inputs, mean softmax out);
     ``schedule`` picks whole-tensor ops (GPUs) or cache-sized ones (CPUs), see :class:`Schedule`;
     ``channel_groups`` overrides the schedule's groups of output channels per block (the int8
-    export uses :data:`CPU_INT8_CHANNEL_GROUPS`). ``stream`` also writes the two streaming graphs
+    export uses :data:`CPU_INT8_CHANNEL_GROUPS`). ``stream`` also writes the streaming graphs
     beside ``output`` (:func:`~asc_deploy.metadata.stream_graph_paths`): the frontend without
-    padding (waveform -> log-mel) and the classifier from log-mel, traced from the same modules.
+    padding (waveform -> log-mel) and the classifier from log-mel, traced from the same modules,
+    and for a single-pass model the same classifier split at its last feature map
+    (:func:`~asc_deploy.metadata.stream_cnn_paths`).
     Nothing is left at ``output`` if any step fails.
     """
     precision, schedule = Precision(precision), Schedule(schedule)
@@ -315,4 +321,12 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
         write(classifier(nn.Identity(), cnn, precision.torch_dtype), logmel_path, Graph.LOGMEL,
               "SP4ASC separable CNN6 acoustic scene classifier; input: log-mel (batch, 1, frames, bins) in dB", tta,
               first_input=(INPUT_LOGMEL, frames, {0: "batch", 2: "frames"}))
+        if not tta:  # TTA masks differ per window: nothing of its CNN is shared between windows
+            features_path, head_path = stream_cnn_paths(output)
+            write(FeatureExtractor(cnn, precision.torch_dtype), features_path, Graph.FEATURES,
+                  "SP4ASC CNN6 up to its last feature map: logmel (batch, 1, frames, bins) -> features (batch, 128, frames // 16, bins // 16)",
+                  False, first_input=(INPUT_LOGMEL, frames, {0: "batch", 2: "frames"}), output_names=[OUTPUT_FEATURES])
+            write(FeatureHead(cnn, precision.torch_dtype), head_path, Graph.HEAD,
+                  "SP4ASC CNN6 head: features (batch, 128, columns, bins // 16) -> logits, probs", False,
+                  first_input=(INPUT_FEATURES, torch.zeros(2, cnn.fc1.in_features, 6, frontend.mel_bins // 16), {0: "batch", 2: "columns"}))
     return Path(output)

@@ -13,7 +13,7 @@ from asc_deploy.errors import AscError
 from asc_deploy.labels import SAMPLE_RATE
 from asc_deploy.metadata import stream_graph_paths
 from asc_deploy.runtime import Classifier
-from asc_deploy.streaming import DEFAULT_HOP_FRAMES, StreamClassifier, StreamResampler
+from asc_deploy.streaming import DEFAULT_HOP_FRAMES, DEFAULT_REUSE_HOP_FRAMES, StreamClassifier, StreamResampler
 
 TOLERANCE = 1e-5  # every probability, fp32
 TTA_PASSES = 3  # enough to test the stripes (drawn per window length), cheap
@@ -53,7 +53,8 @@ def assert_offline(predictions: list, wave: np.ndarray, offline: Classifier, win
         assert p.label == offline.labels[int(np.argmax(expected))]
 
 
-HOPS = [DEFAULT_HOP_FRAMES * 1024, 16 * 1024, 32 * 1024, 44_100, 30_001]  # multiples of the frame hop and not
+# multiples of the CNN's 16-frame column (single-pass models reuse CNN columns), of the frame hop only, and of neither
+HOPS = [DEFAULT_REUSE_HOP_FRAMES * 1024, 16 * 1024, 32 * 1024, DEFAULT_HOP_FRAMES * 1024, 44_100, 30_001]
 blocks = st.lists(st.tuples(st.one_of(st.just(1), st.integers(2, 3000), st.integers(3000, 500_000)), st.integers(1, 40)),
                   min_size=1, max_size=5)
 
@@ -78,19 +79,21 @@ def test_streamed_predictions_equal_offline_for_any_blocks(stream_model, tta, ru
 
 @pytest.mark.parametrize("tta,schedule", [(False, "gpu"), (True, "cpu")], ids=["single", "tta-cpu-schedule"])
 def test_ten_second_window_steady_state_equals_offline(stream_model, tta, schedule):
-    """The default window (10 s) and hop (43 frames), 1-sample blocks across the first prediction
-    and a block longer than the window."""
+    """The default window (10 s) and hop (48 frames reusing CNN columns for a single-pass model,
+    43 for TTA), 1-sample blocks across the first prediction and a block longer than the window."""
     model = stream_model(tta, schedule)
     wave = signal(12.5, 7)
     classifier = StreamClassifier(model, tta_passes=TTA_PASSES)
-    assert classifier.hop == 44_032 and classifier.window == 441_000
+    hop = 44_032 if tta else 49_152
+    assert classifier.hop == hop and classifier.window == 441_000 and classifier.reuses_cnn == (not tta)
     sizes = [44_050] + [1] * 100 + [600_000]
-    assert_offline(stream(classifier, wave, sizes), wave, Classifier(model, tta_passes=TTA_PASSES), 441_000, 44_032)
+    assert_offline(stream(classifier, wave, sizes), wave, Classifier(model, tta_passes=TTA_PASSES), 441_000, hop)
 
 
 def test_frames_are_computed_once_per_frame(stream_model, monkeypatch):
-    """At the default hop, a steady-state hop computes its 43 new frames and the 2 edge frames only."""
-    classifier = StreamClassifier(stream_model())
+    """At a hop of 43 frames, a steady-state hop computes its 43 new frames and the 2 edge frames only."""
+    classifier = StreamClassifier(stream_model(), hop=43 * 1024)
+    assert not classifier.reuses_cnn
     calls = []
     infer = classifier._frontend.infer
     monkeypatch.setattr(classifier._frontend, "infer", lambda feed, out: calls.append(feed["waveform"].shape) or infer(feed, out))
@@ -100,6 +103,24 @@ def test_frames_are_computed_once_per_frame(stream_model, monkeypatch):
     # one span for the 43 new interior frames (44 chunks of 1024), one batch of the 2 edge frames
     assert sorted(calls) == [(1, 44 * 1024), (2, 2048)]
     assert len(classifier._frames) == 441_000 // 1024 - 1  # the window's interior frames, nothing older
+
+
+def test_cnn_columns_are_reused(stream_model, monkeypatch):
+    """At the default hop of a single-pass model (48 frames = 3 feature columns), a steady-state hop
+    runs the features graph over the 3 new columns and the 5 edge columns only, each with 2
+    columns of context (fewer frames than the window's 431), then the head on all 26 columns."""
+    classifier = StreamClassifier(stream_model())
+    assert classifier.hop == 49_152 and classifier.reuses_cnn
+    frames = []
+    infer = classifier._features.infer
+    monkeypatch.setattr(classifier._features, "infer", lambda feed, out: frames.append(feed["logmel"].shape[2]) or infer(feed, out))
+    classifier.push(signal(11.0 + 2 * 49_152 / SAMPLE_RATE, 3))
+    frames.clear()
+    assert len(classifier.push(np.zeros(49_152, np.float32))) == 1
+    # left edge: columns 0-1 from frames [0, 64); right edge: columns 23-25 from frames [336, 431);
+    # new interior columns 20-22 with 2 columns of context on each side: 7 x 16 frames
+    assert sorted(frames) == [64, 95, 112] and sum(frames) < 431
+    assert len(classifier._columns) == 26 - 2 - 3
 
 
 def test_quality_flags(stream_model):

@@ -188,7 +188,8 @@ def test_listen_mode_matches_asc_stream(stream_model, reference, tmp_path):
     def asc_stream(samples: np.ndarray, name: str) -> list[dict]:
         path = tmp_path / name
         sf.write(path, samples, SAMPLE_RATE, subtype="FLOAT")
-        result = subprocess.run([sys.executable, "-m", "asc_deploy.stream_cli", "--model", str(model), str(path), "--json"],
+        result = subprocess.run([sys.executable, "-m", "asc_deploy.stream_cli", "--model", str(model), str(path), "--json",
+                                 "--hop", repr(44_032 / SAMPLE_RATE)],  # the page's hop: 43 frames
                                 capture_output=True, text=True, timeout=120, check=True)
         return [json.loads(line) for line in result.stdout.splitlines()]
 

@@ -101,7 +101,7 @@ def format_line(p: StreamPrediction, as_json: bool) -> str:
 @click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="f32le", show_default=True, help="Raw PCM on stdin (-).")
 @click.option("--rate", default=44_100, show_default=True, type=click.IntRange(min=1), help="Sample rate of raw PCM on stdin.")
 @click.option("--channels", default=1, show_default=True, type=click.IntRange(min=1), help="Interleaved channels of raw PCM on stdin.")
-@click.option("--hop", "hop_seconds", type=float, default=None, help="Seconds between predictions [default: 43 frames, 0.998 s].")
+@click.option("--hop", "hop_seconds", type=float, default=None, help="Seconds between predictions [default: 48 frames (1.115 s) for a single-pass model, 43 (0.998 s) for TTA].")
 @click.option("--window", "window_seconds", type=float, default=None, help="Seconds per window, 1 to the model's 10 [default: 10].")
 @click.option("--smoothing", type=click.Choice([s.value for s in Smoothing]), default="none", show_default=True,
               help="ema: moving average of probabilities; hysteresis: the label changes only by a margin (see README).")

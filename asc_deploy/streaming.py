@@ -8,17 +8,22 @@ start of the stream). Each equals :class:`~asc_deploy.runtime.Classifier` on tho
 out as a clip (same stripes for a TTA model: they depend on the window's frame count only), to
 float32 rounding (tested to 1e-5 in every probability).
 
-Incremental work (``asc-export --stream`` writes the two graphs used here, see
+Incremental work (``asc-export --stream`` writes the graphs used here, see
 :mod:`asc_deploy.metadata`): log-mel frames whose 2048 samples lie inside the window are
 computed once, by the frontend graph without padding, and cached by their absolute sample
 position; only the first and last frame of each window, whose reflect padding depends on the
 window's edges, are recomputed at every hop (padded here exactly as the offline frontend pads).
-Consecutive windows share frames when they start on the same 1,024-sample grid: with a hop that
-is a whole number of frame hops (the default: 43 frames = 44,032 samples, the closest to 1 s),
-every hop computes its ``hop / 1024`` new frames and the two edge frames; any other hop is still
-exact, and recomputes the window's frames. The CNN runs on the whole window every hop: it is
-about 70 % of a full pass (see bench/stream.py); reusing its interior columns across hops would
-need every hop to be a multiple of its 16-frame pooling stride and is not done.
+Consecutive windows share frames when they start on the same 1,024-sample grid, i.e. when the
+hop is a whole number of frame hops. A single-pass model also shares the columns of its CNN's
+last feature map (one column per 16 frames, through the features and head graphs) when the hop
+is a whole number of columns: each column depends on frames [16 j - 30, 16 j + 45] only, so the
+columns away from the window's edges are computed once (from runs with two columns of context)
+and only the 2 first and 3 last columns are recomputed at every hop. Default hop: 48 frames
+(49,152 samples, 1.115 s, the multiple of 16 frames closest to 1 s) for a single-pass model, 43
+frames (44,032 samples, 0.998 s, the whole number of frames closest to 1 s) for a TTA model,
+whose stripes differ per window so that nothing of its CNN is shared. Any other hop is still
+exact, and recomputes what it cannot share. Measured per-hop cost against a full 10 s pass:
+bench/stream.py.
 
 Input quality (:class:`QualityThresholds`) is flagged on every prediction, over the window's
 samples: ``silence`` (digital silence), ``clipping`` and ``dead_channel``. Optional smoothing

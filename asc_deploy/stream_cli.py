@@ -16,6 +16,7 @@ one line on standard error and no traceback, and every line written before stays
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ from asc_deploy.atomic import atomic_open
 from asc_deploy.audio import file_blocks, open_audio
 from asc_deploy.errors import AscError
 from asc_deploy.runtime import DEFAULT_TTA_PASSES
-from asc_deploy.streaming import Smoothing, StreamClassifier, StreamPrediction, StreamResampler, percentile_ms, stream_session
+from asc_deploy.streaming import Smoothing, StreamClassifier, StreamPrediction, StreamResampler, stream_session
 
 FILE_BLOCK = 1 << 16  # frames per read from a file (as fast as possible)
 LIVE_BLOCK = 1024  # frames per read when paced in real time, and most per read from a pipe
@@ -83,6 +84,14 @@ def paced(blocks: Iterator[np.ndarray], rate: int) -> Iterator[np.ndarray]:
             time.sleep(delay)
         yield block
         done += len(block)
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of durations in seconds, in milliseconds; NaN if none."""
+    if not seconds:
+        return math.nan
+    ordered = sorted(seconds)
+    return 1e3 * ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def format_line(p: StreamPrediction, as_json: bool) -> str:

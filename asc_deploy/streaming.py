@@ -33,9 +33,7 @@ samples: ``silence`` (digital silence), ``clipping`` and ``dead_channel``. Optio
 from __future__ import annotations
 
 import enum
-import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +155,8 @@ class StreamClassifier:
     Args:
         model_path: an ``asc-export --stream`` model ``M.onnx``; its streaming graphs
             ``M.frontend.onnx`` and ``M.logmel.onnx`` must lie beside it.
-        hop: samples (44.1 kHz) between predictions; default 43 frames (44,032 samples, 0.998 s).
+        hop: samples (44.1 kHz) between predictions; default 48 frames (49,152 samples, 1.115 s) for a
+            single-pass model with its features and head graphs, else 43 frames (44,032 samples, 0.998 s).
         window: samples per prediction window, from 1 s up to the model's clip length (default).
         channels: channels of the blocks given to :meth:`push` (averaged to mono, as offline).
         tta_passes, seed, passes_per_call, provider: as for :class:`Classifier`.
@@ -389,19 +388,3 @@ class StreamResampler:
         """The samples soxr still holds at the end of the stream, (samples, channels)."""
         empty = np.zeros((0, self.channels), np.float32)
         return empty if self._stream is None else self._stream.resample_chunk(empty, last=True).reshape(-1, self.channels)
-
-
-def stream_file(classifier: StreamClassifier, blocks: Iterator[np.ndarray]) -> Iterator[StreamPrediction]:
-    """Every prediction of ``classifier`` over consecutive blocks (at the model's rate), then its
-    final one at the end of the stream."""
-    for block in blocks:
-        yield from classifier.push(block)
-    yield from classifier.finish()
-
-
-def percentile_ms(seconds: list[float], q: float) -> float:
-    """The ``q``-th percentile (nearest rank) of durations in seconds, in milliseconds; NaN if none."""
-    if not seconds:
-        return math.nan
-    ordered = sorted(seconds)
-    return 1e3 * ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]

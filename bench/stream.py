@@ -24,6 +24,7 @@ table with each row's ratio to the full pass.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ import click
 import numpy as np
 
 from asc_deploy.bench.perf import make_clips, measure
+from asc_deploy.errors import AscError
+from asc_deploy.extras import require_extras
 from asc_deploy.labels import CLIP_SAMPLES, SAMPLE_RATE
 from asc_deploy.metadata import INPUT_LOGMEL, INPUT_WAVEFORM, OUTPUT_LOGMEL, OUTPUT_PROBS, stream_graph_paths
 from asc_deploy.ort_runner import OnnxRuntimeRunner
@@ -115,13 +118,18 @@ def main(checkpoint: str | None, model: str | None, schedule: str, threads: int,
     """Per-hop cost of the stream classifier against a full 10 s single pass."""
     if (checkpoint is None) == (model is None):
         raise click.UsageError("give --checkpoint or --model")
-    with tempfile.TemporaryDirectory(prefix="asc-stream-bench-") as tmp:
-        if model is None:
-            from asc_deploy.export.onnx_export import export_onnx
+    try:
+        with tempfile.TemporaryDirectory(prefix="asc-stream-bench-") as tmp:
+            if model is None:
+                require_extras("the streaming benchmark with --checkpoint", "train")
+                from asc_deploy.export.onnx_export import export_onnx
 
-            model = export_onnx(checkpoint, Path(tmp) / "model.onnx", schedule=schedule, stream=True)
-        for line in table(measure_stream(Path(model), threads, iterations, rounds=rounds), threads):
-            click.echo(line)
+                model = export_onnx(checkpoint, Path(tmp) / "model.onnx", schedule=schedule, stream=True)
+            for line in table(measure_stream(Path(model), threads, iterations, rounds=rounds), threads):
+                click.echo(line)
+    except AscError as err:
+        click.echo(f"asc_deploy.bench.stream: error: {err}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool, int8: bool
 @click.option("--schedule", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="onnx: gpu = whole tensors, TTA passes batched (GPUs, TensorRT, browsers); cpu = cache-sized "
                    "activations, TTA passes in a Loop (onnxruntime on CPUs: faster, less memory).")
-@click.option("--stream", is_flag=True, help="onnx: also write the streaming graphs M.frontend.onnx and M.logmel.onnx beside "
-              "M.onnx (for asc-stream and asc_deploy.streaming).")
+@click.option("--stream", is_flag=True, help="onnx: also write the streaming graphs beside M.onnx: M.frontend.onnx, M.logmel.onnx "
+              "and, single pass, M.features.onnx and M.head.onnx (for asc-stream and asc_deploy.streaming).")
 @click.option("--int8", is_flag=True, help="onnx: quantise the CNN to int8 (static, QDQ; the frontend stays float32).")
 @click.option("--calibration-data", type=click.Path(), default=None,
               help="--int8: data set folder (TAU 2020 Mobile layout) whose training split calibrates the quantisation.")

@@ -167,7 +167,8 @@ def test_listen_mode_matches_asc_stream(stream_model, reference, tmp_path):
     on the same file aligned as the capture path delivers it (silence, then the file from a start
     offset; found here by cross-correlation): 1e-4 as well. Measured: page against its own
     capture <= 2e-7, against the aligned file <= 2e-5 (the fake device scales 16-bit PCM by
-    1/32767 instead of 1/32768: 91 dB SNR)."""
+    1/32767 instead of 1/32768: 91 dB SNR). Hops past a capture glitch (samples dropped by a starved
+    audio thread, seen once on this loaded VM: 0.15 off) are compared with the capture only."""
     model = stream_model()
     wav, screenshot, recording = tmp_path / "scene.wav", tmp_path / "listen.png", tmp_path / "capture.f32"
     wave = (0.5 * reference["wave/03_vehicle"] + 0.5 * reference["wave/04_birds"]).astype(np.float32)
@@ -195,13 +196,21 @@ def test_listen_mode_matches_asc_stream(stream_model, reference, tmp_path):
 
     z, o = capture_alignment(captured, wave)
     ideal = np.concatenate([np.zeros(z, np.float32), wave[o:]])[: len(captured)]
-    for name, samples in (("capture.wav", captured), ("aligned.wav", ideal)):
+    # A starved audio thread (a loaded CI machine) can make Chromium's fake capture drop or repeat
+    # samples part way: windows past such a glitch no longer hold the file at one offset. Those
+    # hops are checked against the capture only (above it equals asc-stream on the capture).
+    deviation = np.abs(captured[: len(ideal)] - ideal)
+    clean = [h for h in hops if deviation[: round(h["end"] * SAMPLE_RATE)].max() <= 1e-3]
+    print(f"\ncapture: {z} samples of silence, then the file from sample {o}; {len(clean)} of {len(hops)} hops hold the "
+          f"file at that offset throughout (largest deviation {deviation.max():.2e})")
+    assert len(clean) >= 2  # at least the first two hops (1 and 2 s)
+    for name, samples, checked in (("capture.wav", captured, hops), ("aligned.wav", ideal, clean)):
         rows = asc_stream(samples, name)
+        assert len(rows) >= len(checked)
         worst = 0.0
-        for hop, row in zip(hops, rows):
+        for hop, row in zip(checked, rows):
             assert round(hop["end"] * SAMPLE_RATE) == round(row["end"] * SAMPLE_RATE)
             worst = max(worst, float(np.abs(np.asarray(hop["probs"]) - np.asarray(list(row["probs"].values()))).max()))
             assert hop["flags"] == row["flags"]
-        print(f"\nListen mode against asc-stream on {name} (capture: {z} samples of silence, then the file from sample {o}): "
-              f"max |diff| probs {worst:.2e} over {min(len(hops), len(rows))} hops")
+        print(f"Listen mode against asc-stream on {name}: max |diff| probs {worst:.2e} over {len(checked)} hops")
         assert worst <= 1e-4

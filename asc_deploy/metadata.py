@@ -6,6 +6,11 @@ width]`` in frames and mel bins. Outputs: ``logits`` and ``probs`` float32 (batc
 TTA variant outputs ``probs`` only (mean softmax over passes). ``metadata_props`` hold the keys
 of :class:`ModelMetadata`, each a string (lists as JSON).
 
+A calibrated model (``temperature`` other than 1) divides the CNN's logits by its temperature
+before every softmax: ``logits`` is then the scaled logits (``probs`` = softmax(``logits``) holds
+for every model; the CNN's raw logits are ``logits`` x ``temperature``), and each TTA pass is
+scaled before its softmax.
+
 Streaming graphs (``asc-export --stream``, beside ``M.onnx``; see :func:`stream_graph_paths`):
 ``M.frontend.onnx`` maps ``waveform`` (batch, samples) to ``logmel`` (batch, 1, samples // hop - 1,
 bins) in dB WITHOUT padding (frame t covers samples [t * hop, t * hop + n_fft)); ``M.logmel.onnx``
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -74,7 +80,14 @@ class ModelMetadata:
     # "gpu" (whole tensors, TTA passes batched) or "cpu" (cache-sized: TTA passes in a Loop);
     # files written before this key existed are "gpu"
     schedule: str = "gpu"
+    # logits divided by it before the softmax: a number, or a list of one per class; 1.0 for an
+    # uncalibrated model (and for files written before this key existed)
+    temperature: float | tuple[float, ...] = 1.0
     graph: str = Graph.WAVEFORM.value  # see Graph; files written before this key existed are "waveform"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.temperature != 1.0
 
     @property
     def loops_over_passes(self) -> bool:
@@ -95,7 +108,9 @@ class ModelMetadata:
                 if f.name not in props and f.default is not MISSING:
                     continue
                 raw = props[f.name]
-                if f.type.startswith("tuple"):
+                if f.name == "temperature":
+                    values[f.name] = parse_temperature(json.loads(raw), len(values["labels"]))
+                elif f.type.startswith("tuple"):
                     values[f.name] = tuple(json.loads(raw))
                 elif f.type == "int":
                     values[f.name] = int(raw)
@@ -114,3 +129,13 @@ class ModelMetadata:
         if values.get("graph", Graph.WAVEFORM.value) not in {g.value for g in Graph}:
             raise AscError(f"bad model metadata: unknown graph {values['graph']!r}", source)
         return cls(**values)
+
+
+def parse_temperature(value: object, classes: int) -> float | tuple[float, ...]:
+    """A temperature read from a file: a finite number > 0, or a list (or tuple) of ``classes`` of
+    them, returned as a float or a tuple; ValueError otherwise."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if (isinstance(value, (list, tuple)) and len(values) != classes
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values)):
+        raise ValueError(f"temperature must be a number > 0 or a list of {classes} of them, got {value!r}")
+    return tuple(float(v) for v in values) if isinstance(value, (list, tuple)) else float(value)

@@ -1,4 +1,6 @@
-"""``asc-predict``: classify audio files with an exported model; CSV (DCASE column order) or JSON.
+"""``asc-predict``: classify audio files with an exported model, locally (``--model``) or on a
+Triton server (``--server URL``: ``asc-serve`` or the exported Triton repository, through
+:mod:`asc_deploy.client`); CSV (DCASE column order) or JSON, the same for both.
 
 A file that fails (unreadable, too short, ...) becomes a row with its error and the run goes on;
 the exit code is 1 at the end if any file failed (``--strict`` stops at the first). Output files
@@ -17,14 +19,16 @@ from typing import IO
 import click
 
 from asc_deploy.atomic import atomic_open
+from asc_deploy.client import DEFAULT_TIMEOUT_S, TritonClassifier
 from asc_deploy.errors import AscError
 from asc_deploy.ort_runner import SessionConfig
 from asc_deploy.runtime import DEFAULT_PASSES_PER_CALL, DEFAULT_TTA_PASSES, Classifier, Prediction
 
 Row = tuple[str, Prediction | None, str]  # filename, prediction, error
+LOCAL_OPTIONS = ("provider", "tta_passes", "seed", "passes_per_call", "threads")  # the model runs here
 
 
-def _rows(classifier: Classifier, files: tuple[str, ...], strict: bool) -> Iterator[Row]:
+def _rows(classifier: Classifier | TritonClassifier, files: tuple[str, ...], strict: bool) -> Iterator[Row]:
     for name in files:
         try:
             yield name, classifier.predict(name), ""
@@ -61,7 +65,12 @@ def _write_json(out: IO[str], rows: Iterator[Row]) -> list[Row]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_path", required=True, type=click.Path(), help="ONNX model written by asc-export.")
+@click.option("--model", "model_path", type=click.Path(), help="ONNX model written by asc-export.")
+@click.option("--server", "server_url", metavar="URL",
+              help="Instead of --model: a Triton server serving asc_sp4asc (asc-serve or asc-export's repository), "
+                   "http://host:port or grpc://host:port.")
+@click.option("--timeout", "timeout_s", default=DEFAULT_TIMEOUT_S, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="--server: most seconds per request.")
 @click.argument("files", nargs=-1, required=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write here (atomically) instead of stdout.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of tab-separated CSV.")
@@ -73,15 +82,27 @@ def _write_json(out: IO[str], rows: Iterator[Row]) -> list[Row]:
 @click.option("--passes-per-call", default=DEFAULT_PASSES_PER_CALL, show_default=True, type=click.IntRange(min=1),
               help="10 s CNN passes per onnxruntime call (windows, TTA passes): more is faster and takes more memory.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0), help="onnxruntime intra-op threads (0: one per core).")
-def main(model_path: str, files: tuple[str, ...], output: str | None, as_json: bool, strict: bool, provider: str,
-         tta_passes: int, seed: int, hop_seconds: float, passes_per_call: int, threads: int) -> None:
-    """Classify FILES (wav, flac, ogg; any rate and channel count) with MODEL.
+@click.pass_context
+def main(ctx: click.Context, model_path: str | None, server_url: str | None, timeout_s: float, files: tuple[str, ...],
+         output: str | None, as_json: bool, strict: bool, provider: str, tta_passes: int, seed: int, hop_seconds: float, passes_per_call: int, threads: int) -> None:
+    """Classify FILES (wav, flac, ogg; any rate and channel count) with MODEL or on a server.
 
     CSV columns: filename, scene_label, the ten class probabilities (DCASE order), error.
     """
+    if (model_path is None) == (server_url is None):
+        raise click.UsageError("give either --model or --server")
+    given = [f"--{name.replace('_', '-')}" for name in LOCAL_OPTIONS
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if server_url is not None and given:
+        raise click.UsageError(f"{', '.join(given)} set(s) how the model runs locally: not with --server")
+    if server_url is None and ctx.get_parameter_source("timeout_s") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--timeout only applies with --server")
     try:
-        classifier = Classifier(model_path, provider=provider, tta_passes=tta_passes, seed=seed, hop_seconds=hop_seconds,
-                                passes_per_call=passes_per_call, session=SessionConfig(intra_op_threads=threads))
+        if server_url is not None:
+            classifier = TritonClassifier(server_url, timeout_s=timeout_s, hop_seconds=hop_seconds)
+        else:
+            classifier = Classifier(model_path, provider=provider, tta_passes=tta_passes, seed=seed, hop_seconds=hop_seconds,
+                                    passes_per_call=passes_per_call, session=SessionConfig(intra_op_threads=threads))
         rows = _rows(classifier, files, strict)
         write = (lambda out: _write_json(out, rows)) if as_json else (lambda out: _write_csv(out, classifier.labels, rows))
         if output:

@@ -8,7 +8,7 @@ probabilities. A TTA model draws its SpecAugment stripes on the host from ``seed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from asc_deploy.metadata import (
     INPUT_LOGMEL,
     INPUT_TIME_STRIPES,
     INPUT_WAVEFORM,
+    OUTPUT_LOGITS,
     OUTPUT_PROBS,
     Graph,
     ModelMetadata,
@@ -111,9 +112,15 @@ class Classifier:
         inputs = sorted(i.name for i in session.get_inputs())
         outputs = sorted(o.name for o in session.get_outputs())
         need = sorted([self.input_name] + ([INPUT_TIME_STRIPES, INPUT_FREQ_STRIPES] if self.metadata.variant == "tta" else []))
-        if inputs != need or OUTPUT_PROBS not in outputs:
+        if inputs != need or not set(self.output_names) <= set(outputs):
             raise AscError(f"not an asc-deploy {self.metadata.variant} model graph: inputs {inputs}, outputs {outputs} "
-                           f"(need inputs {need} and output {OUTPUT_PROBS!r})", self.model_path)
+                           f"(need inputs {need} and outputs {list(self.output_names)})", self.model_path)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What :meth:`infer` returns: ``logits`` and ``probs`` for a single-pass model, ``probs``
+        (mean softmax over the passes) for a TTA model."""
+        return (OUTPUT_PROBS,) if self.metadata.variant == "tta" else (OUTPUT_LOGITS, OUTPUT_PROBS)
 
     @property
     def passes(self) -> int:
@@ -160,30 +167,16 @@ class Classifier:
             total = total + probs * len(part[INPUT_TIME_STRIPES])
         return (total / self.tta_passes).astype(np.float32)
 
+    def infer(self, waveforms: np.ndarray) -> dict[str, np.ndarray]:
+        """(batch, samples) float32 waveforms at 44.1 kHz, one length -> each of
+        :attr:`output_names` as a (batch, classes) float32 array (what ``asc-serve`` returns)."""
+        if self.metadata.variant == "tta":
+            return {OUTPUT_PROBS: self.probabilities(waveforms)}
+        return self._runner.infer(self.feed(waveforms), list(self.output_names))
+
     def _predict_windows(self, windows: Iterable[np.ndarray], name: str | Path) -> Prediction:
-        total, count, pending, peak = None, 0, [], 0.0
-
-        def flush() -> None:
-            nonlocal total, count
-            probs = self.probabilities(np.stack(pending)).astype(np.float64)
-            total = probs.sum(axis=0) if total is None else total + probs.sum(axis=0)
-            count += len(pending)
-            pending.clear()
-
-        for window in windows:
-            if pending and window.shape != pending[0].shape:
-                flush()
-            pending.append(window)
-            peak = max(peak, float(np.abs(window).max()))
-            if (len(pending) + 1) * window.size * self.passes_in_memory > self.pass_samples_per_call:
-                flush()
-        if pending:
-            flush()
-        probs = (total / count).astype(np.float32)
-        if not np.isfinite(probs).all():  # e.g. float PCM near 1e17: the power spectrum overflows float32
-            hint = "; audio is expected within [-1, 1]" if peak > 1 else ""
-            raise AscError(f"the model gave non-finite probabilities (peak sample amplitude {peak:.3g}{hint})", name)
-        return Prediction(label=self.labels[int(np.argmax(probs))], probs=probs, labels=self.labels, windows=count)
+        return predict_windows(windows, self.probabilities, self.labels, name,
+                               self.pass_samples_per_call // self.passes_in_memory)
 
     def predict(self, source: str | Path | np.ndarray) -> Prediction:
         """Classify an audio file (any rate or channel count; streamed) or a waveform array
@@ -195,3 +188,36 @@ class Classifier:
             return self._predict_windows(split_windows(validate_waveform(source), hop_seconds=self.hop_seconds), "<array>")
         return self._predict_windows(iter_windows(source, hop_seconds=self.hop_seconds), source)
 
+
+def predict_windows(windows: Iterable[np.ndarray], probabilities: Callable[[np.ndarray], np.ndarray],
+                    labels: tuple[str, ...], name: str | Path, samples_per_call: int) -> Prediction:
+    """Average the class probabilities of a file's windows (float32, 44.1 kHz).
+
+    Consecutive windows of one length go to ``probabilities`` ((batch, samples) -> (batch,
+    classes)) together, at most ``samples_per_call`` samples at a time (at least one window); the
+    mean over windows is taken in float64. Shared by :class:`Classifier` and the Triton client
+    (:mod:`asc_deploy.client`), so that both give the same result for the same windows.
+    """
+    total, count, pending, peak = None, 0, [], 0.0
+
+    def flush() -> None:
+        nonlocal total, count
+        probs = probabilities(np.stack(pending)).astype(np.float64)
+        total = probs.sum(axis=0) if total is None else total + probs.sum(axis=0)
+        count += len(pending)
+        pending.clear()
+
+    for window in windows:
+        if pending and window.shape != pending[0].shape:
+            flush()
+        pending.append(window)
+        peak = max(peak, float(np.abs(window).max()))
+        if (len(pending) + 1) * window.size > samples_per_call:
+            flush()
+    if pending:
+        flush()
+    probs = (total / count).astype(np.float32)
+    if not np.isfinite(probs).all():  # e.g. float PCM near 1e17: the power spectrum overflows float32
+        hint = "; audio is expected within [-1, 1]" if peak > 1 else ""
+        raise AscError(f"the model gave non-finite probabilities (peak sample amplitude {peak:.3g}{hint})", name)
+    return Prediction(label=labels[int(np.argmax(probs))], probs=probs, labels=labels, windows=count)

@@ -1,5 +1,7 @@
 """``asc-bench``: log loss, accuracy, calibration and latency of every backend on the same clips,
-with batched test-time augmentation, and parity of each backend against the reference.
+with batched test-time augmentation, and parity of each backend against the reference. For a
+calibrated checkpoint (or ``--calibrate DIR``, which calibrates on the fly) also the calibration
+table: single pass, single pass + T, TTA-A and TTA-A + T (:mod:`asc_deploy.bench.calibration`).
 
 Exit code 0 when every backend that ran is within its parity tolerances and every clip loaded;
 1 otherwise (a backend that cannot run here is reported as skipped and does not fail the run).
@@ -92,12 +94,14 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
 
 def run(model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int, batch_size: int | None,
         seed: int, report_dir: Path, tolerance: list[str], threads: int, reference: Path | None = None,
-        schedule: str = "gpu") -> dict:
+        schedule: str = "gpu", calibrate_dir: Path | None = None) -> dict:
     """The whole benchmark; returns the report dict (also written to ``report_dir``).
 
     ``reference``: the checkpoint the torch reference runs when MODEL is an exported file (does
     this deployed file score what the trained model did?); a checkpoint MODEL is its own reference.
     ``schedule``: export schedule of a checkpoint MODEL ("gpu" or "cpu", see asc-export).
+    ``calibrate_dir``: calibrate a checkpoint MODEL first (``asc-calibrate --data calibrate_dir
+    --nb-aug nb_aug``, written to ``report_dir/models/calibrated.pth``) and benchmark that.
     """
     from asc_deploy.bench.benchmark import batches, run_backend, scan_clips, total_seconds
     from asc_deploy.bench.parity import compare, tolerances_with
@@ -117,6 +121,8 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     batch_size = batch_size or max(1, 30 // max(1, nb_aug))
     data = data or default_data_dir()
     report_dir.mkdir(parents=True, exist_ok=True)
+    if calibrate_dir is not None:
+        model = _calibrate(model, calibrate_dir, nb_aug, seed, report_dir / "models" / "calibrated.pth")
     files, checkpoint = _model_files(model, precisions, nb_aug > 0, report_dir / "models", data, schedule)
     spec_aug = _spec_aug(files, checkpoint)
     if nb_aug > 0 and not (spec_aug and (spec_aug[1] or spec_aug[3])):
@@ -143,7 +149,7 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
         if reason:
             runs.append(entry | {"status": "skipped", "reason": reason})
             continue
-        runner = make_runner(spec, path, checkpoint, session)
+        runner = make_runner(spec, path, checkpoint, session, tta=nb_aug > 0)
         try:
             result = run_backend(runner, loaded, groups, nb_aug, spec_aug, seed, f"{spec.name} {precision}")
         except AscError as err:
@@ -170,8 +176,42 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     report = {"model": str(model), "data": str(data), "split": split, "clips": len(loaded.clips), "failed_clips": len(loaded.errors),
               "errors": loaded.errors, "nb_aug": nb_aug, "seed": seed, "batch_size": batch_size, "reference": "/".join(reference_key or ()),
               "complexity": complexity, "runs": runs}
+    if checkpoint is not None:
+        from asc_deploy.bench.benchmark import iter_batch_waveforms
+
+        report["calibration"] = _calibration_table(checkpoint, iter_batch_waveforms(loaded, groups), labels, nb_aug, spec_aug, seed)
     _write_outputs(report, report_dir, results, loaded, labels, reference_key)
     return report
+
+
+def _calibrate(model: Path, data: Path, nb_aug: int, seed: int, output: Path) -> Path:
+    """``--calibrate DIR``: the calibrated checkpoint of a checkpoint MODEL, written to ``output``."""
+    from asc_deploy.train.calibrate import calibrate, summary
+
+    if model.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"--calibrate needs a checkpoint as --model (it fits the temperature on its held-out clips), got {model}")
+    for line in summary(calibrate(model, data, output, nb_aug, seed=seed)):
+        click.echo(f"asc-bench: {line}", err=True)
+    return output
+
+
+def _calibration_table(checkpoint: Path, waveforms, labels: np.ndarray, nb_aug: int, spec_aug: tuple[int, ...],
+                       seed: int) -> dict | None:
+    """The calibration table of a calibrated checkpoint (None for an uncalibrated one), from the
+    torch reference's logits of the same clips and stripes as the backends."""
+    from asc_deploy.bench.calibration import calibration_rows
+    from asc_deploy.models import build_model, load_checkpoint
+    from asc_deploy.train.calibrate import pass_logits
+
+    loaded = load_checkpoint(checkpoint)
+    if not loaded.calibration:
+        return None
+    single, tta = pass_logits(build_model(loaded), waveforms, len(labels), nb_aug, spec_aug, seed, f"{'calibration table':<28}")
+    tta_temperature = loaded.temperature(True) if loaded.calibration.get("tta_temperature") is not None else None
+    rows = calibration_rows(single, tta, labels, loaded.temperature(False), tta_temperature)
+    split = loaded.calibration.get("split") or {}
+    return {"checkpoint": str(checkpoint), "method": loaded.calibration.get("method"), "fitted_on": f"{len(split.get('clips', []))} held-out "
+            f"training clips of {loaded.calibration.get('data')}", "rows": rows}
 
 
 def _tolerance_precision(entry: dict, files: dict[str, Path]) -> str:
@@ -212,6 +252,10 @@ def _write_outputs(report: dict, folder: Path, results: dict, loaded, labels: np
     ok_runs = [r for r in report["runs"] if r.get("metrics")]
     if ok_runs:
         out.plot_reliability(folder / "reliability.png", ok_runs)
+    if report.get("calibration"):
+        from asc_deploy.bench.calibration import plot_calibration
+
+        plot_calibration(folder / "calibration.png", report["calibration"]["rows"], f"calibration ({report['split']}, {report['clips']} clips)")
     if reference_key:
         out.plot_confusion(folder / "confusion.png", results[reference_key].probs, labels, f"{' '.join(reference_key)} ({report['split']})")
     dcase = folder / "dcase"
@@ -268,12 +312,15 @@ def _csv_list(_ctx, _param, value: str) -> list[str]:
               "with speed-ups and the distance to the compute floor measured in the same run. MODEL must be a checkpoint; "
               "--data calibrates int8 (python -m asc_deploy.bench.perf has every knob).")
 @click.option("--iterations", default=20, show_default=True, help="--perf: timed calls per row, after warm-up.")
+@click.option("--calibrate", "calibrate_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Calibrate the checkpoint MODEL first on the held-out clips of this data set (asc-calibrate with --nb-aug) "
+                   "and benchmark the calibrated model; a calibrated checkpoint needs no --calibrate.")
 @click.option("--schedule", type=click.Choice(["gpu", "cpu"]), default=None,
               help="Export schedule of a checkpoint MODEL (see asc-export --schedule) [default: gpu; with --perf: cpu].")
 @click.pass_context
 def main(ctx: click.Context, model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int,
          batch_size: int | None, seed: int, report_dir: Path, tolerance: tuple[str, ...], threads: int, reference: Path | None,
-         perf: bool, iterations: int, schedule: str | None) -> None:
+         perf: bool, iterations: int, schedule: str | None, calibrate_dir: Path | None) -> None:
     """Benchmark MODEL on every backend available here; print the table, write the report."""
     try:
         require_extras("asc-bench", "bench", "train")  # train: the torch reference and the data set reader
@@ -289,12 +336,18 @@ def main(ctx: click.Context, model: Path, data: Path | None, split: str, backend
         return
     try:
         report = run(model, data, split, backends, precisions, nb_aug, batch_size, seed, report_dir, list(tolerance), threads, reference,
-                     schedule or "gpu")
+                     schedule or "gpu", calibrate_dir)
     except (AscError, ValueError) as err:
         click.echo(f"asc-bench: error: {err}", err=True)
         sys.exit(1)
     click.echo(terminal_table(report["runs"]))
-    click.echo(f"report: {report_dir / 'report.md'} (and report.json, reliability.png, confusion.png, dcase/)")
+    if report.get("calibration"):
+        from asc_deploy.bench.calibration import terminal_lines
+
+        click.echo(f"\ncalibration ({report['calibration']['method']}, fitted on {report['calibration']['fitted_on']}):")
+        click.echo("\n".join(terminal_lines(report["calibration"]["rows"])))
+    click.echo(f"report: {report_dir / 'report.md'} (and report.json, reliability.png, confusion.png, "
+               f"{'calibration.png, ' if report.get('calibration') else ''}dcase/)")
     broken = [f"{r['backend']} {r['precision']}: {', '.join(r['parity']['broken'])}" for r in report["runs"] if r["status"] == "parity-broken"]
     failed = [f"{r['backend']} {r['precision']}: {r['reason']}" for r in report["runs"] if r["status"] == "failed"]
     for line in broken:

@@ -52,6 +52,13 @@ def markdown(report: dict) -> str:
            f"{report['clips']} clips, {report['failed_clips']} failed)  \nTTA passes: {report['nb_aug']}, seed {report['seed']}, "
            f"batch size {report['batch_size']}\n", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(row) + " |" for row in table_rows(report["runs"])]
+    calibration = report.get("calibration")
+    if calibration:
+        from asc_deploy.bench.calibration import markdown_lines
+
+        out += ["", "## Calibration per unit of compute", "",
+                f"{calibration['method']} scaling fitted on {calibration['fitted_on']}; the same clips and TTA stripes as above, "
+                "torch reference (reliability diagram: calibration.png).", "", *markdown_lines(calibration["rows"])]
     complexity = report.get("complexity")
     if complexity:
         out += ["", "## Complexity", "", *(f"- {line}" for line in complexity["lines"])]

@@ -20,10 +20,12 @@ from asc_deploy.trt_runner import available as tensorrt_available
 
 class TorchRunner:
     """The reference: the checkpoint's model as trained (eval mode, nothing folded), fp32, in
-    torch eager on CPU or CUDA, behind the same feed/result names as the ONNX graphs."""
+    torch eager on CPU or CUDA, behind the same feed/result names as the ONNX graphs. A calibrated
+    checkpoint's temperature of the single-pass or (``tta``) TTA model divides the logits, as in
+    the exported graphs."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
-        self.checkpoint, self.device = Path(checkpoint), device
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", tta: bool = False) -> None:
+        self.checkpoint, self.device, self.tta = Path(checkpoint), device, tta
         self.name = f"torch-{device}"
         self.model = None
         self._memory: contextlib.ExitStack | None = None
@@ -38,7 +40,9 @@ class TorchRunner:
             self._memory = contextlib.ExitStack()
             self._memory.enter_context(freed_memory_kept())
         self._torch = torch
-        self.model = TTAClassifier(LogMelFrontend(), build_model(load_checkpoint(self.checkpoint))).to(self.device).eval()
+        checkpoint = load_checkpoint(self.checkpoint)
+        model = TTAClassifier(LogMelFrontend(), build_model(checkpoint), temperature=checkpoint.temperature(self.tta))
+        self.model = model.to(self.device).eval()
         # Same weights, channels-last layout: torch's CPU kernels for the dilated depthwise convolutions
         # are 2.6x faster on it (60 TTA passes of a 3 s clip: 28 -> 11 ms a pass); results equal to ~3e-8.
         self.model.cnn.to(memory_format=torch.channels_last)
@@ -110,10 +114,11 @@ def availability(spec: BackendSpec) -> tuple[bool, str]:
     return tensorrt_available()
 
 
-def make_runner(spec: BackendSpec, model: Path, checkpoint: Path | None, session: SessionConfig = SessionConfig()):
-    """The runner of ``spec`` over ``model`` (ONNX file or engine); torch needs the checkpoint."""
+def make_runner(spec: BackendSpec, model: Path, checkpoint: Path | None, session: SessionConfig = SessionConfig(), tta: bool = False):
+    """The runner of ``spec`` over ``model`` (ONNX file or engine); torch needs the checkpoint
+    (and ``tta``: whether it runs the TTA model, whose temperature differs)."""
     if spec.kind == "torch":
-        return TorchRunner(checkpoint, spec.provider)
+        return TorchRunner(checkpoint, spec.provider, tta)
     if spec.kind == "onnxruntime":
         return OnnxRuntimeRunner(model, spec.provider, session)
     return TensorRTRunner(model)

@@ -2,7 +2,8 @@
 
 Steps: load the checkpoint, fold BatchNorm, cast the CNN to the requested precision, trace the
 shared torch pipeline (frontend + CNN) with the TorchScript-based exporter, attach the model
-contract's metadata, check the graph (``onnx.checker`` full check and the operator lists of the
+contract's metadata (a calibrated checkpoint's temperature divides the logits in the graph and
+is recorded as ``temperature``), check the graph (``onnx.checker`` full check and the operator lists of the
 targeted runtimes), then move the file into place atomically.
 
 The traced modules are export forms of the shared ones (:class:`ExportFrontend`,
@@ -287,12 +288,14 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
     checkpoint = load_checkpoint(checkpoint_path)
     cnn = export_cnn(fold_batchnorm(build_model(checkpoint)), channel_groups=channel_groups)
     frontend = ExportFrontend().eval()
+    temperature = checkpoint.temperature(tta)
     classifier = TTAClassifier if tta else WaveformClassifier
     metadata = ModelMetadata(
         labels=CLASS_LABELS, sample_rate=frontend.sample_rate, n_fft=frontend.n_fft, hop_length=frontend.hop_length,
         mel_bins=frontend.mel_bins, clip_seconds=CLIP_SECONDS, precision=precision.value,
         variant="tta" if tta else "single", spec_aug=checkpoint_spec_aug(checkpoint), targets=TARGETS,
         checkpoint_sha256=checkpoint.sha256, package_version=__version__, schedule=schedule.value,
+        temperature=1.0 if temperature is None else temperature,
     )
 
     def write(module: nn.Module, path: Path, graph: Graph, doc: str, with_tta: bool, **trace_args) -> None:
@@ -309,7 +312,7 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
         with atomic_path(path) as tmp_path:
             onnx.save(model, str(tmp_path))
 
-    write(classifier(frontend, cnn, precision.torch_dtype), Path(output), Graph.WAVEFORM,
+    write(classifier(frontend, cnn, precision.torch_dtype, temperature), Path(output), Graph.WAVEFORM,
           "SP4ASC separable CNN6 acoustic scene classifier; input: mono 44.1 kHz waveform", tta)
     if stream:
         frontend_path, logmel_path = stream_graph_paths(output)
@@ -318,7 +321,7 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
               False, first_input=(INPUT_WAVEFORM, torch.zeros(2, 2 * SAMPLE_RATE), {0: "batch", 1: "samples"}),
               output_names=[OUTPUT_LOGMEL])
         frames = torch.zeros(2, 1, 100, frontend.mel_bins)
-        write(classifier(nn.Identity(), cnn, precision.torch_dtype), logmel_path, Graph.LOGMEL,
+        write(classifier(nn.Identity(), cnn, precision.torch_dtype, temperature), logmel_path, Graph.LOGMEL,
               "SP4ASC separable CNN6 acoustic scene classifier; input: log-mel (batch, 1, frames, bins) in dB", tta,
               first_input=(INPUT_LOGMEL, frames, {0: "batch", 2: "frames"}))
         if not tta:  # TTA masks differ per window: nothing of its CNN is shared between windows
@@ -326,7 +329,7 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
             write(FeatureExtractor(cnn, precision.torch_dtype), features_path, Graph.FEATURES,
                   "SP4ASC CNN6 up to its last feature map: logmel (batch, 1, frames, bins) -> features (batch, 128, frames // 16, bins // 16)",
                   False, first_input=(INPUT_LOGMEL, frames, {0: "batch", 2: "frames"}), output_names=[OUTPUT_FEATURES])
-            write(FeatureHead(cnn, precision.torch_dtype), head_path, Graph.HEAD,
+            write(FeatureHead(cnn, precision.torch_dtype, temperature), head_path, Graph.HEAD,
                   "SP4ASC CNN6 head: features (batch, 128, columns, bins // 16) -> logits, probs", False,
                   first_input=(INPUT_FEATURES, torch.zeros(2, cnn.fc1.in_features, 6, frontend.mel_bins // 16), {0: "batch", 2: "columns"}))
     return Path(output)

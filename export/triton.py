@@ -10,7 +10,8 @@ Layout written under ``repo_dir``::
 The config declares the model contract of :mod:`asc_deploy.metadata` with the batch dimension
 implicit (``max_batch_size``): input ``waveform`` TYPE_FP32 dims [-1] (variable length), outputs
 ``logits`` and ``probs`` dims [classes]; ``probs`` names ``labels.txt`` so Triton's
-classification extension returns label names. Dynamic batching only merges requests of the
+classification extension returns label names, and the parameter ``labels`` holds them as a JSON
+list (the contract of :mod:`asc_deploy.triton_model`, which ``asc-serve`` serves too). Dynamic batching only merges requests of the
 same length (no ragged batching is configured): send clips cut to equal windows to batch them.
 
 A TensorRT engine only runs on the GPU architecture it was built for; its compute capability
@@ -35,11 +36,11 @@ import onnx
 
 from asc_deploy.errors import AscError
 from asc_deploy.metadata import INPUT_WAVEFORM, OUTPUT_LOGITS, OUTPUT_PROBS, ModelMetadata
+from asc_deploy.triton_model import LABELS_PARAMETER, MAX_QUEUE_DELAY_US, MODEL_NAME, preferred_batch_sizes
 
 LABEL_FILENAME = "labels.txt"
 ONNX_FILENAME = "model.onnx"
 PLAN_FILENAME = "model.plan"
-MAX_QUEUE_DELAY_US = 5000  # how long Triton may hold a request to fill a preferred batch
 TRT_CACHE_ROOT = "/tmp/triton_trt_cache"  # engines the TensorRT accelerator builds (writable in the server)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _CC = re.compile(r"^\d+\.\d+$")
@@ -88,10 +89,11 @@ def _engine_compute_capability(engine_path: Path, onnx_path: Path, max_batch_siz
 
 
 def _config_text(
-    model_name: str, classes: int, max_batch_size: int, cc: str | None, fp16: bool, trt_accelerator: bool
+    model_name: str, labels: tuple[str, ...], max_batch_size: int, cc: str | None, fp16: bool, trt_accelerator: bool
 ) -> str:
     q = json.dumps  # a JSON string literal is a valid protobuf text-format string for these names
-    preferred = sorted({max(1, max_batch_size // 2), max_batch_size})
+    preferred = preferred_batch_sizes(max_batch_size)
+    classes = len(labels)
     lines = ["# Written by asc-deploy (export/triton.py).", f"name: {q(model_name)}"]
     if cc is None:
         lines += ['platform: "onnxruntime_onnx"', f"default_model_filename: {q(ONNX_FILENAME)}"]
@@ -113,6 +115,7 @@ def _config_text(
         f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}",
         "}",
         f"instance_group [ {{ count: 1 kind: {'KIND_CPU' if cc is None and not trt_accelerator else 'KIND_GPU'} }} ]",
+        f"parameters {{ key: {q(LABELS_PARAMETER)} value: {{ string_value: {q(json.dumps(list(labels)))} }} }}",
     ]
     if trt_accelerator:  # onnxruntime backend's TensorRT execution provider (onnxruntime_backend README)
         params = {"precision_mode": "FP16" if fp16 else "FP32", "trt_engine_cache_enable": "1",
@@ -130,7 +133,7 @@ def _config_text(
 def write_triton_repository(
     onnx_path: str | Path,
     repo_dir: str | Path,
-    model_name: str = "asc_sp4asc",
+    model_name: str = MODEL_NAME,
     max_batch_size: int = 32,
     fp16: bool = False,
     engine_path: str | Path | None = None,
@@ -169,7 +172,7 @@ def write_triton_repository(
         if engine_path is not None:
             shutil.copyfile(engine_path, staging / "1" / PLAN_FILENAME)
         (staging / LABEL_FILENAME).write_text("".join(f"{label}\n" for label in meta.labels), encoding="utf-8")
-        config = _config_text(model_name, len(meta.labels), max_batch_size, cc, fp16, trt_accelerator)
+        config = _config_text(model_name, meta.labels, max_batch_size, cc, fp16, trt_accelerator)
         (staging / "config.pbtxt").write_text(config, encoding="utf-8")
         staging.chmod(0o755)  # mkdtemp makes it 0700; a server running as another user must read it
         if model_dir.is_dir() and any(model_dir.iterdir()):

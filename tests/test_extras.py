@@ -11,6 +11,7 @@ from asc_deploy import extras
 from asc_deploy.bench.cli import main as bench_main
 from asc_deploy.errors import AscError
 from asc_deploy.export.cli import main as export_main
+from asc_deploy.train.calibrate_cli import main as calibrate_main
 from asc_deploy.train.cli import main as train_main
 
 
@@ -72,3 +73,11 @@ def test_asc_train_without_train_extra_stops_before_any_work(tmp_path: Path, wit
     result = CliRunner().invoke(train_main, ["--config", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "'asc-deploy[train]'" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_asc_calibrate_without_train_extra_stops_before_any_work(tmp_path: Path, without) -> None:
+    without("torch")
+    out = tmp_path / "calibrated.pth"
+    result = CliRunner().invoke(calibrate_main, ["--model", str(tmp_path / "ckpt.pth"), "--data", str(tmp_path), "--output", str(out)])
+    _fails_with_one_line(result, "asc-calibrate", "train")
+    assert not out.exists()

@@ -24,7 +24,11 @@ from asc_deploy.train.config import BUILTIN_CONFIGS, load_config
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="default: cuda when a GPU is present, else cpu")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last.pth")
 @click.option("--seed", type=click.IntRange(min=0), help="override the config's seed")
-def main(config_name: str, data: Path, out: Path, epochs: int | None, device: str | None, resume: bool, seed: int | None) -> None:
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True),
+              help="override the config's calibration hold-out: fraction of the training split (whole locations) left out "
+                   "for asc-calibrate; 0 trains on all of it")
+def main(config_name: str, data: Path, out: Path, epochs: int | None, device: str | None, resume: bool, seed: int | None,
+         holdout: float | None) -> None:
     """Train the SP4ASC Cnn6 scene classifier; writes OUT/last.pth, OUT/best.pth (lowest evaluate
     log loss), OUT/metrics.jsonl and TensorBoard logs in OUT/tensorboard."""
     try:
@@ -32,7 +36,7 @@ def main(config_name: str, data: Path, out: Path, epochs: int | None, device: st
         from asc_deploy.train.trainer import train
 
         config = load_config(config_name)
-        overrides = {name: value for name, value in (("epochs", epochs), ("seed", seed)) if value is not None}
+        overrides = {name: value for name, value in (("epochs", epochs), ("seed", seed), ("holdout", holdout)) if value is not None}
         train(dataclasses.replace(config, **overrides), data, out, device, resume)
     except AscError as exc:
         raise click.ClickException(str(exc)) from exc

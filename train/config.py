@@ -1,10 +1,11 @@
 """Training configurations: YAML data files validated into a frozen :class:`TrainConfig`.
 
 Built-in configs live in ``configs/`` beside this module (``ce``, ``mixup``, ``focal``: the
-SP4ASC recipes for 10 s clips; ``demo``: sized for the synthetic data set on a laptop CPU).
+SP4ASC recipes for 10 s clips; ``demo``: sized for the synthetic data set on a laptop CPU;
+``demo-calibrate``: the same with SpecAugment and a calibration hold-out).
 Files are parsed with ``yaml.safe_load`` (data only, no tags that build objects) and every key
 is checked: an unknown or missing key, or a value of the wrong type or range, raises
-:class:`AscError` naming the file.
+:class:`AscError` naming the file. Only ``holdout`` may be left out (0: train on the whole split).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from typing import Any
 from asc_deploy.errors import AscError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-BUILTIN_CONFIGS: tuple[str, ...] = ("ce", "demo", "focal", "mixup")
+BUILTIN_CONFIGS: tuple[str, ...] = ("ce", "demo", "demo-calibrate", "focal", "mixup")
 LOSSES: tuple[str, ...] = ("ce", "focal")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training recipe. Every field is required in a config file."""
+    """One training recipe. Every field but ``holdout`` is required in a config file."""
 
     epochs: int  # passes over the training split; also the cosine schedule's T_max
     batch_size: int  # clips per optimiser step (per process under torchrun)
@@ -37,7 +38,12 @@ class TrainConfig:
     seed: int  # initial weights, data order and augmentation draws are functions of it
     num_workers: int  # DataLoader worker processes (capped at the CPU cores available)
     eval_every: int  # epochs between evaluations; the last epoch is always evaluated
+    # fraction of the training split held out for asc-calibrate, whole recording locations at a
+    # time (asc_deploy.train.holdout, seeded by ``seed``); 0: train on every training clip
+    holdout: float = 0.0
 
+
+OPTIONAL_KEYS = frozenset({"holdout"})
 
 def _number(value: Any, integer: bool) -> bool:
     """True for an int (and, unless ``integer``, a float); never for a bool."""
@@ -55,7 +61,7 @@ def _check(name: str, value: Any) -> str | None:
         return None if ok else "must be a number > 0" + (" or null" if name == "mixup_alpha" else "")
     if name in ("eta_min", "weight_decay", "focal_gamma"):
         return None if _number(value, False) and value >= 0 else "must be a number >= 0"
-    if name == "dropout":
+    if name in ("dropout", "holdout"):
         return None if _number(value, False) and 0 <= value < 1 else "must be a number in [0, 1)"
     if name == "spec_aug":
         ok = value is None or isinstance(value, list) and len(value) == 4 and all(_number(v, True) and v >= 0 for v in value)
@@ -73,9 +79,10 @@ def config_from_dict(data: Any, source: str | Path) -> TrainConfig:
     unknown = sorted(str(key) for key in data if key not in names)
     if unknown:
         raise AscError(f"unknown key(s) {unknown}; valid keys: {names}", source)
-    missing = [name for name in names if name not in data]
+    missing = [name for name in names if name not in data and name not in OPTIONAL_KEYS]
     if missing:
         raise AscError(f"missing key(s) {missing}", source)
+    data = {f.name: f.default for f in fields(TrainConfig) if f.name in OPTIONAL_KEYS} | dict(data)
     for name in names:
         problem = _check(name, data[name])
         if problem:
@@ -85,7 +92,7 @@ def config_from_dict(data: Any, source: str | Path) -> TrainConfig:
         raise AscError(f"eta_min ({data['eta_min']}) must not exceed lr ({data['lr']})", source)
     values = {name: data[name] for name in names}
     values["spec_aug"] = None if data["spec_aug"] is None else tuple(data["spec_aug"])
-    for name in ("lr", "eta_min", "weight_decay", "dropout", "focal_gamma"):
+    for name in ("lr", "eta_min", "weight_decay", "dropout", "focal_gamma", "holdout"):
         values[name] = float(data[name])
     values["mixup_alpha"] = None if data["mixup_alpha"] is None else float(data["mixup_alpha"])
     return TrainConfig(**values)
@@ -99,7 +106,7 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def load_config(name_or_path: str | Path) -> TrainConfig:
-    """A built-in config by name (``ce``, ``demo``, ``focal``, ``mixup``) or a YAML file by path."""
+    """A built-in config by name (:data:`BUILTIN_CONFIGS`) or a YAML file by path."""
     path = CONFIG_DIR / f"{name_or_path}.yaml" if str(name_or_path) in BUILTIN_CONFIGS else Path(name_or_path)
     if not path.is_file():
         raise AscError(f"unknown config: neither a built-in name {list(BUILTIN_CONFIGS)} nor a YAML file", name_or_path)

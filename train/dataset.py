@@ -9,7 +9,8 @@ The layout (also written by :mod:`asc_deploy.train.synth`)::
     root/audio/<scene>-<city>-<location>-<segment>-<device>.wav   mono, 44.1 kHz
 
 All CSV files are tab-separated with a header row. ``filename`` is relative to ``root``
-(``audio/...``); the device of a clip is the ``source_label`` of ``meta.csv``.
+(``audio/...``); the device of a clip is the ``source_label`` of ``meta.csv``, its recording
+location the ``identifier``.
 :func:`read_split` and :func:`load_clip` are pure numpy; :class:`SceneDataset` wraps them for
 torch training.
 """
@@ -40,13 +41,14 @@ UNLABELLED = -1  # label that SceneDataset returns for clips without one (test s
 class Clip:
     """One audio clip of a split: its ``path`` (the data set root joined with ``filename``),
     the ``filename`` as the CSV lists it, the class index into CLASS_LABELS (None in the test
-    split) and the recording device (``source_label`` of meta.csv; None where meta.csv does not
-    list the file)."""
+    split), the recording device (``source_label`` of meta.csv; None where meta.csv does not
+    list the file) and the recording location (``identifier`` of meta.csv; None where absent)."""
 
     path: Path
     filename: str
     label: int | None
     device: str | None
+    location: str | None = None
 
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -87,22 +89,23 @@ def _audio_path(root: Path, filename: str, csv_path: Path, number: int) -> Path:
     return path
 
 
-def _devices(root: Path, required: bool) -> dict[str, str]:
-    """filename -> device (source_label) from meta.csv. Unless ``required``, a missing meta.csv
-    or one without a source_label column (evaluation sets) gives {}."""
+def _meta(root: Path, required: bool) -> dict[str, dict[str, str]]:
+    """filename -> its meta.csv row (``source_label``: device, ``identifier``: location). Unless
+    ``required``, a missing meta.csv or one without a source_label column (evaluation sets) gives
+    {}."""
     meta = root / "meta.csv"
     if not required and not meta.exists():
         return {}
     rows = _read_table(meta, ("filename", "source_label") if required else ("filename",))
-    return {row["filename"]: row["source_label"] for _, row in rows if "source_label" in row}
+    return {row["filename"]: row for _, row in rows if "source_label" in row}
 
 
 def read_split(root: str | Path, split: str) -> list[Clip]:
     """The clips of ``split`` ("train", "evaluate" or "test") of the data set under ``root``.
 
     Labels come from evaluation_setup/fold1_<split>.csv (None for "test"), devices from
-    meta.csv, which may be absent or lack source_label for "test" only (then every device is
-    None). Raises AscError
+    meta.csv (locations from its ``identifier`` column where present), which may be absent or
+    lack source_label for "test" only (then every device is None). Raises AscError
     naming the file for: a missing CSV or audio file, an unknown scene label, a malformed row,
     a duplicate entry, a filename that is absolute or has ``..`` components, an empty split.
     """
@@ -112,7 +115,7 @@ def read_split(root: str | Path, split: str) -> list[Clip]:
     labelled = split != "test"
     csv_path = root / "evaluation_setup" / SPLIT_FILES[split]
     rows = _read_table(csv_path, ("filename", "scene_label") if labelled else ("filename",))
-    devices = _devices(root, required=labelled)
+    meta = _meta(root, required=labelled)
     clips: list[Clip] = []
     seen: set[str] = set()
     for number, row in rows:
@@ -126,7 +129,8 @@ def read_split(root: str | Path, split: str) -> list[Clip]:
                 raise AscError(f"line {number}: unknown scene label {row['scene_label']!r}, expected one of {list(CLASS_LABELS)}", csv_path)
             label = CLASS_LABELS.index(row["scene_label"])
         path = _audio_path(root, filename, csv_path, number)
-        clips.append(Clip(path=path, filename=filename, label=label, device=devices.get(filename)))
+        row = meta.get(filename, {})
+        clips.append(Clip(path=path, filename=filename, label=label, device=row.get("source_label"), location=row.get("identifier")))
     if not clips:
         raise AscError("lists no clips", csv_path)
     return clips

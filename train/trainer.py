@@ -6,7 +6,9 @@ device (float32, outside autocast) -> optional mixup of log-mel and one-hot targ
 the (soft) targets -> AdamW step. CosineAnnealingLR is stepped once per epoch. After each
 epoch (every ``eval_every``) rank 0 scores the evaluate split as DCASE does, then writes
 ``OUT/last.pth`` (and ``OUT/best.pth`` when the evaluate log loss improves) atomically, a line
-of ``OUT/metrics.jsonl`` and TensorBoard scalars under ``OUT/tensorboard``.
+of ``OUT/metrics.jsonl`` and TensorBoard scalars under ``OUT/tensorboard``. With the config's
+``holdout`` > 0 the calibration hold-out (:mod:`asc_deploy.train.holdout`) is left out of
+training and recorded in every checkpoint (key ``holdout``) for ``asc-calibrate``.
 
 Reproducibility: the data order and every random draw of epoch e are functions of (seed, e,
 rank), so ``resume`` from last.pth repeats an interrupted epoch exactly (on CPU, with the same
@@ -44,6 +46,7 @@ from asc_deploy.models.cnn6 import Cnn6
 from asc_deploy.models.frontend import LogMelFrontend
 from asc_deploy.train.config import TrainConfig, config_from_dict, config_to_dict
 from asc_deploy.train.dataset import Clip, SceneDataset, load_clip, read_split
+from asc_deploy.train.holdout import holdout_split
 
 MACHINE_KEYS = frozenset({"num_workers"})  # config keys a resumed run may change
 
@@ -362,6 +365,9 @@ def train(config: TrainConfig, data_dir: str | Path, out_dir: str | Path, device
 def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume: bool) -> dict[str, Any] | None:
     last, best = out_dir / "last.pth", out_dir / "best.pth"
     train_clips = read_split(data_dir, "train")
+    holdout = holdout_split(train_clips, config.holdout, config.seed) if config.holdout else None
+    if holdout is not None:
+        train_clips = holdout.train
     train_devices = frozenset(clip.device for clip in train_clips if clip.device)
     samples = load_clip(train_clips[0]).shape[0]
     train_set = SceneDataset(train_clips, expected_samples=samples)
@@ -382,7 +388,7 @@ def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume
     if rt.is_main:
         click.echo(
             f"training on {rt.device} x {rt.world_size}: {len(train_clips)} train and {len(eval_clips)} evaluate clips of "
-            f"{samples / SAMPLE_RATE:g} s, epochs {completed + 1}-{config.epochs}, {config_to_dict(config)}",
+            f"{samples / SAMPLE_RATE:g} s{f' ({len(holdout.calibration)} held out for calibration)' if holdout else ''}, epochs {completed + 1}-{config.epochs}, {config_to_dict(config)}",
             err=True,
         )
         if completed >= config.epochs:
@@ -411,7 +417,7 @@ def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume
             "seconds": round(time.perf_counter() - started, 3),
         }
         log.write(record)
-        payload = state.payload(config, epoch, best_metric)
+        payload = state.payload(config, epoch, best_metric) | ({"holdout": holdout.record()} if holdout else {})
         save_checkpoint(payload, last)
         if improved:
             save_checkpoint(payload, best)

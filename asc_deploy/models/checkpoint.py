@@ -1,5 +1,7 @@
 """Loading SP4ASC-format checkpoints (``{"net": state_dict, "config": ..., ...}``), this project's
-own (same layout plus ``"format": "asc-deploy"``) and bare state dicts.
+own (same layout plus ``"format": "asc-deploy"``, and where it applies ``"holdout"``: the clips
+asc-train held out, and ``"calibration"``: asc-calibrate's temperatures and record) and bare
+state dicts. The state dict itself is always exactly Cnn6_60k's (loaded strictly).
 
 Checkpoints are untrusted input: they are only ever read with ``torch.load(weights_only=True)``,
 which refuses pickled code instead of running it.
@@ -17,6 +19,7 @@ import onnx
 import torch
 
 from asc_deploy.errors import AscError
+from asc_deploy.models.calibration import Temperature, checkpoint_temperature
 from asc_deploy.models.cnn6 import Cnn6
 
 OWN_FORMAT = "asc-deploy"
@@ -31,6 +34,14 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any] = field(default_factory=dict)
     source: str = "sp4asc"  # "sp4asc", "asc-deploy" or "state_dict"
+    holdout: dict[str, Any] | None = None  # asc-train's calibration hold-out (asc_deploy.train.holdout)
+    calibration: dict[str, Any] | None = None  # asc-calibrate's temperatures and record (asc_deploy.models.calibration)
+    payload: dict[str, Any] = field(default_factory=dict, repr=False)  # everything the file holds
+
+    def temperature(self, tta: bool) -> Temperature | None:
+        """The temperature of the single-pass or TTA model; None when uncalibrated (see
+        :func:`asc_deploy.models.calibration.checkpoint_temperature`)."""
+        return checkpoint_temperature(self.calibration, tta, self.path)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -66,7 +77,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise AscError("not a model checkpoint: expected a dict with a 'net' state dict, or a state dict", path)
     if not isinstance(config, dict):
         raise AscError("checkpoint 'config' is not a mapping", path)
-    return Checkpoint(path=path, sha256=file_sha256(path), state_dict=state_dict, config=config, source=source)
+    records = {key: payload.get(key) if source != "state_dict" else None for key in ("holdout", "calibration")}
+    for key, value in records.items():
+        if value is not None and not isinstance(value, dict):
+            raise AscError(f"checkpoint '{key}' is not a mapping", path)
+    return Checkpoint(path=path, sha256=file_sha256(path), state_dict=state_dict, config=config, source=source,
+                      payload=payload, **records)
 
 
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive (1.6+), a legacy pickle (protocol 2+)

@@ -71,6 +71,8 @@ async function loadModel(url) {
     sampleRate: Number(meta.sample_rate),
     clipSeconds: Number(meta.clip_seconds),
     precision: meta.precision,
+    // calibrated models divide the logits by it in the graph, so the probabilities shown are calibrated
+    temperature: meta.temperature ?? "1.0",
   };
 }
 
@@ -329,7 +331,7 @@ function showResult(model, name, seconds, result) {
     return row;
   }));
   const shownMs = performance.now();
-  $("timing").textContent = `inference ${result.inferMs.toFixed(1)} ms (wasm, ${model.precision}) · model ready ${app.dataset.loadMs} ms after page start`;
+  $("timing").textContent = `inference ${result.inferMs.toFixed(1)} ms (wasm, ${model.precision}${model.temperature !== "1.0" ? `, calibrated T = ${model.temperature}` : ""}) · model ready ${app.dataset.loadMs} ms after page start`;
   const section = $("result");
   Object.assign(section.dataset, {
     probs: JSON.stringify(result.probs),

@@ -69,6 +69,7 @@ def test_onnx_repository(onnx_model, tmp_path):
     assert c.dynamic_batching.max_queue_delay_microseconds == MAX_QUEUE_DELAY_US > 0
     assert [(g.count, g.kind) for g in c.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
     assert not c.HasField("optimization")
+    assert json.loads(c.parameters["labels"].string_value) == labels  # what asc_deploy.client reads
 
 
 @pytest.mark.parametrize("fp16, precision", [(True, "FP16"), (False, "FP32")])

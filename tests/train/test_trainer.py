@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,8 @@ from asc_deploy.train.cli import main
 from asc_deploy.train.config import TrainConfig, config_to_dict, load_config
 from asc_deploy.train.synth import make_dataset
 from asc_deploy.train.trainer import RunLog, focal_loss, mixup, train, train_step
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {  # every augmentation on, so that resuming must replay every random draw
     "epochs": 3, "batch_size": 8, "lr": 3.0e-3, "eta_min": 1.0e-4, "weight_decay": 1.0e-5, "dropout": 0.2,
@@ -60,15 +61,6 @@ def run_cli(*args: object) -> subprocess.Popen:
         [sys.executable, "-m", "asc_deploy.train.cli", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: tests share the machine's cores, and oversubscribed threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +262,17 @@ def test_one_epoch_on_cuda_with_amp(tiny_data: Path, tmp_path: Path) -> None:
     payload = torch.load(tmp_path / "out" / "last.pth", weights_only=True)
     assert payload["scaler"]["scale"] > 0  # GradScaler was enabled
     build_model(load_checkpoint(tmp_path / "out" / "last.pth"))
+
+
+def test_holdout_is_left_out_of_training_and_recorded(tiny_data: Path, tmp_path: Path) -> None:
+    from asc_deploy.train.dataset import read_split
+    from asc_deploy.train.holdout import holdout_split
+
+    config = dataclasses.replace(load_config(write_config(tmp_path)), epochs=1, holdout=0.3, spec_aug=None, mixup_alpha=None)
+    out = tmp_path / "out"
+    train(config, tiny_data, out, "cpu")
+    payload = torch.load(out / "last.pth", weights_only=True)
+    split = holdout_split(read_split(tiny_data, "train"), 0.3, config.seed)
+    assert payload["holdout"] == split.record() and payload["config"]["holdout"] == 0.3
+    assert payload["holdout"]["train_clips"] == len(split.train) < len(read_split(tiny_data, "train"))
+    assert load_checkpoint(out / "last.pth").holdout["clips"] == [c.filename for c in split.calibration]

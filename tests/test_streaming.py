@@ -188,3 +188,23 @@ def test_resampler_streams_like_one_call():
     assert abs(len(one) - round(len(wave) * 44_100 / 48_000)) <= 1
     assert np.abs(one - many).max() < 1e-6
     assert StreamResampler(44_100, 1).push(wave[:, 0]).shape == (len(wave), 1)
+
+
+def test_calibrated_model_streams_equal_offline(random_checkpoint, tmp_path):
+    """A calibrated checkpoint's temperature (one per class here) is in every streaming graph:
+    the CNN-reusing hop and the log-mel hop both equal the offline classifier."""
+    import torch
+
+    from asc_deploy.export.onnx_export import export_onnx
+
+    state = torch.load(random_checkpoint, weights_only=True)
+    calibrated = tmp_path / "calibrated.pth"
+    temperature = [0.5 + 0.25 * k for k in range(10)]
+    torch.save({"format": "asc-deploy", "net": state["net"], "config": {}, "calibration": {"temperature": temperature}}, calibrated)
+    model = export_onnx(calibrated, tmp_path / "calibrated.onnx", stream=True)
+    wave = signal(11.5, 4)
+    offline = Classifier(model)
+    assert offline.metadata.temperature == tuple(temperature)
+    for hop in (None, DEFAULT_HOP_FRAMES * 1024):
+        classifier = StreamClassifier(model, hop=hop)
+        assert_offline(stream(classifier, wave, [100_000] * 20), wave, offline, 441_000, classifier.hop)

@@ -185,7 +185,7 @@ def _file_kind(mode: int) -> str:
     return "a special file"
 
 
-def _open(path: Path) -> sf.SoundFile:
+def open_audio(path: Path) -> sf.SoundFile:
     """Open ``path`` for reading after the checks that need no decoding."""
     try:
         info = path.stat()
@@ -223,10 +223,39 @@ def _open(path: Path) -> sf.SoundFile:
     return f
 
 
+def file_blocks(f: sf.SoundFile, path: Path, block: int) -> Iterator[np.ndarray]:
+    """Consecutive (frames, channels) float32 blocks of at most ``block`` frames of an opened
+    file at its own rate; :class:`AscError` naming ``path`` for NaN, infinite or truncated data."""
+    done = 0  # frames decoded so far, at the file's rate
+    while done < f.frames:
+        try:
+            # read() (unlike blocks()) returns only the frames actually decoded.
+            data = f.read(block, dtype="float32", always_2d=True)
+        except _DECODE_ERRORS as err:
+            raise AscError(
+                f"truncated or corrupt: decoding failed after {done / f.samplerate:.2f} s "
+                f"({_reason(err)})",
+                path,
+            ) from err
+        if len(data) == 0:
+            break
+        if not np.isfinite(data).all():
+            bad = done + int(np.argmax(~np.isfinite(data).all(axis=1)))
+            raise AscError(
+                f"contains NaN or infinite samples (first at {bad / f.samplerate:.3f} s)", path
+            )
+        done += len(data)
+        yield data
+    if done < f.frames:
+        raise AscError(
+            f"truncated: header declares {f.frames} frames, only {done} could be read", path
+        )
+
+
 def _stream(source: str | Path) -> Iterator[np.ndarray]:
     """Yield consecutive float32 mono 44.1 kHz chunks of ``source``, decoded block by block."""
     path = Path(source)
-    with _open(path) as f:
+    with open_audio(path) as f:
         # Bound both the decoded block and soxr's output for it to about _BLOCK_VALUES values.
         most_in = min(_BLOCK_VALUES // f.channels, _BLOCK_VALUES * f.samplerate // SAMPLE_RATE)
         block = max(1, most_in)
@@ -238,31 +267,9 @@ def _stream(source: str | Path) -> Iterator[np.ndarray]:
                 )
             except _DECODE_ERRORS as err:
                 raise AscError(f"cannot resample from {f.samplerate} Hz ({err})", path) from err
-        done = 0  # frames decoded so far, at the file's rate
-        while done < f.frames:
-            try:
-                # read() (unlike blocks()) returns only the frames actually decoded.
-                data = f.read(block, dtype="float32", always_2d=True)
-            except _DECODE_ERRORS as err:
-                raise AscError(
-                    f"truncated or corrupt: decoding failed after {done / f.samplerate:.2f} s "
-                    f"({_reason(err)})",
-                    path,
-                ) from err
-            if len(data) == 0:
-                break
-            if not np.isfinite(data).all():
-                bad = done + int(np.argmax(~np.isfinite(data).all(axis=1)))
-                raise AscError(
-                    f"contains NaN or infinite samples (first at {bad / f.samplerate:.3f} s)", path
-                )
-            done += len(data)
+        for data in file_blocks(f, path, block):
             mono = data.mean(axis=1) if f.channels > 1 else data[:, 0]
             yield mono if resampler is None else resampler.resample_chunk(mono)
-        if done < f.frames:
-            raise AscError(
-                f"truncated: header declares {f.frames} frames, only {done} could be read", path
-            )
         if resampler is not None:
             yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 

@@ -10,10 +10,20 @@ A calibrated model (``temperature`` other than 1) divides the CNN's logits by it
 before every softmax: ``logits`` is then the scaled logits (``probs`` = softmax(``logits``) holds
 for every model; the CNN's raw logits are ``logits`` x ``temperature``), and each TTA pass is
 scaled before its softmax.
+
+Streaming graphs (``asc-export --stream``, beside ``M.onnx``; see :func:`stream_graph_paths`):
+``M.frontend.onnx`` maps ``waveform`` (batch, samples) to ``logmel`` (batch, 1, samples // hop - 1,
+bins) in dB WITHOUT padding (frame t covers samples [t * hop, t * hop + n_fft)); ``M.logmel.onnx``
+is the classifier from ``logmel`` (batch, 1, frames, bins), with the same stripes and outputs as
+``M.onnx``. A single-pass model also gets the same classifier split at the CNN's last feature map:
+``M.features.onnx`` (``logmel`` -> ``features`` (batch, 128, frames // 16, bins // 16)) and
+``M.head.onnx`` (``features`` (batch, 128, columns, bins // 16) -> ``logits``, ``probs``). Their
+metadata is ``M.onnx``'s with ``graph`` "frontend", "logmel", "features" or "head".
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -26,6 +36,31 @@ INPUT_TIME_STRIPES = "time_stripes"
 INPUT_FREQ_STRIPES = "freq_stripes"
 OUTPUT_LOGITS = "logits"
 OUTPUT_PROBS = "probs"
+INPUT_LOGMEL = OUTPUT_LOGMEL = "logmel"
+INPUT_FEATURES = OUTPUT_FEATURES = "features"
+
+
+class Graph(str, enum.Enum):
+    """Which graph of a model a file holds: the whole classifier, or one of the two streaming graphs."""
+
+    WAVEFORM = "waveform"  # waveform -> probs (the single-file contract)
+    FRONTEND = "frontend"  # waveform -> logmel, no padding
+    LOGMEL = "logmel"  # logmel -> probs
+    FEATURES = "features"  # logmel -> the CNN's last feature map (single-pass models)
+    HEAD = "head"  # features -> probs (single-pass models)
+
+
+def stream_graph_paths(model_path: str | Path) -> tuple[Path, Path]:
+    """(frontend, logmel) streaming graphs written beside ``model_path``: M.onnx -> M.frontend.onnx, M.logmel.onnx."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.frontend.onnx"), path.with_name(f"{path.stem}.logmel.onnx")
+
+
+def stream_cnn_paths(model_path: str | Path) -> tuple[Path, Path]:
+    """(features, head) graphs of a single-pass model's CNN split, beside ``model_path``:
+    M.onnx -> M.features.onnx, M.head.onnx."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.features.onnx"), path.with_name(f"{path.stem}.head.onnx")
 
 
 @dataclass(frozen=True)
@@ -48,6 +83,7 @@ class ModelMetadata:
     # logits divided by it before the softmax: a number, or a list of one per class; 1.0 for an
     # uncalibrated model (and for files written before this key existed)
     temperature: float | tuple[float, ...] = 1.0
+    graph: str = Graph.WAVEFORM.value  # see Graph; files written before this key existed are "waveform"
 
     @property
     def calibrated(self) -> bool:
@@ -90,6 +126,8 @@ class ModelMetadata:
             raise AscError(f"bad model metadata: unknown variant {values['variant']!r}", source)
         if values.get("schedule", "gpu") not in ("gpu", "cpu"):
             raise AscError(f"bad model metadata: unknown schedule {values['schedule']!r}", source)
+        if values.get("graph", Graph.WAVEFORM.value) not in {g.value for g in Graph}:
+            raise AscError(f"bad model metadata: unknown graph {values['graph']!r}", source)
         return cls(**values)
 
 

@@ -20,10 +20,12 @@ from asc_deploy.errors import AscError
 from asc_deploy.labels import CLIP_SAMPLES, SAMPLE_RATE, num_frames
 from asc_deploy.metadata import (
     INPUT_FREQ_STRIPES,
+    INPUT_LOGMEL,
     INPUT_TIME_STRIPES,
     INPUT_WAVEFORM,
     OUTPUT_LOGITS,
     OUTPUT_PROBS,
+    Graph,
     ModelMetadata,
 )
 from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig
@@ -63,7 +65,8 @@ class Classifier:
     """Acoustic scene classifier over an exported ONNX model.
 
     Args:
-        model_path: an ``asc-export`` ONNX file (single-pass or TTA variant).
+        model_path: an ``asc-export`` ONNX file (single-pass or TTA variant), or the log-mel graph
+            of its streaming pair (``M.logmel.onnx``), which only :meth:`probabilities` takes.
         provider: onnxruntime provider short name: "cpu", "cuda" or "tensorrt".
         tta_passes: SpecAugment passes of a TTA model (ignored by a single-pass model).
         seed: seed of the TTA stripes.
@@ -94,6 +97,10 @@ class Classifier:
         self.sample_rate = self.metadata.sample_rate
         self.tta_passes, self.seed, self.hop_seconds = tta_passes, seed, hop_seconds
         self.pass_samples_per_call = passes_per_call * CLIP_SAMPLES
+        if self.metadata.graph == Graph.FRONTEND.value:
+            raise AscError("this is the frontend graph of a streaming pair (waveform -> log-mel), not a classifier; "
+                           "give the model file it was written beside", self.model_path)
+        self.input_name = INPUT_LOGMEL if self.metadata.graph == Graph.LOGMEL.value else INPUT_WAVEFORM
         self._runner = OnnxRuntimeRunner(model_path, provider, session)
         self._runner.activate()
         self._check_graph()
@@ -104,7 +111,7 @@ class Classifier:
         session = self._runner.session
         inputs = sorted(i.name for i in session.get_inputs())
         outputs = sorted(o.name for o in session.get_outputs())
-        need = sorted([INPUT_WAVEFORM] + ([INPUT_TIME_STRIPES, INPUT_FREQ_STRIPES] if self.metadata.variant == "tta" else []))
+        need = sorted([self.input_name] + ([INPUT_TIME_STRIPES, INPUT_FREQ_STRIPES] if self.metadata.variant == "tta" else []))
         if inputs != need or not set(self.output_names) <= set(outputs):
             raise AscError(f"not an asc-deploy {self.metadata.variant} model graph: inputs {inputs}, outputs {outputs} "
                            f"(need inputs {need} and outputs {list(self.output_names)})", self.model_path)
@@ -126,31 +133,36 @@ class Classifier:
         loops over the TTA passes itself (CPU schedule), else :attr:`passes`."""
         return 1 if self.metadata.loops_over_passes else self.passes
 
-    def feed(self, waveforms: np.ndarray) -> dict[str, np.ndarray]:
-        """The model inputs for (batch, samples) float32 waveforms of one length (all passes)."""
-        feed = {INPUT_WAVEFORM: np.ascontiguousarray(waveforms, dtype=np.float32)}
+    def feed(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The model inputs (all passes) for (batch, samples) float32 waveforms of one length, or
+        for a log-mel graph (batch, 1, frames, mel_bins) float32 log-mel in dB."""
+        feed = {self.input_name: np.ascontiguousarray(inputs, dtype=np.float32)}
         if self.metadata.variant == "tta":
-            time, freq = tta_stripes(self.metadata.spec_aug, self.tta_passes, num_frames(waveforms.shape[1]),
-                                     self.metadata.mel_bins, self.seed)
+            frames = inputs.shape[2] if self.input_name == INPUT_LOGMEL else num_frames(inputs.shape[1])
+            time, freq = tta_stripes(self.metadata.spec_aug, self.tta_passes, frames, self.metadata.mel_bins, self.seed)
             feed |= {INPUT_TIME_STRIPES: time, INPUT_FREQ_STRIPES: freq}
         return feed
 
-    def probabilities(self, waveforms: np.ndarray) -> np.ndarray:
+    def probabilities(self, inputs: np.ndarray, samples: int | None = None) -> np.ndarray:
         """(batch, samples) float32 waveforms at 44.1 kHz, one length -> (batch, classes) probabilities.
 
-        The passes of a TTA model go to onnxruntime in groups of at most ``passes_per_call x 10 s
-        / (batch x samples)`` passes (at least one), and the groups' mean probabilities are
-        averaged weighted by their sizes: the same result as one call with every pass, with peak
-        memory bounded (a 10 s clip with 30 passes in one call took 1.2 GB). A CPU-schedule TTA
-        model gets every pass in one call (its graph runs them one at a time).
+        A log-mel graph takes (batch, 1, frames, mel_bins) log-mel instead, and ``samples``: the
+        clip length in samples the frames come from (it sets the pass groups below, as for the
+        waveform). The passes of a TTA model go to onnxruntime in groups of at most
+        ``passes_per_call x 10 s / (batch x samples)`` passes (at least one), and the groups' mean
+        probabilities are averaged weighted by their sizes: the same result as one call with
+        every pass, with peak memory bounded (a 10 s clip with 30 passes in one call took
+        1.2 GB). A CPU-schedule TTA model gets every pass in one call (its graph runs them one at
+        a time).
         """
-        feed = self.feed(waveforms)
+        feed = self.feed(inputs)
         if self.metadata.variant != "tta":
             return self._runner.infer(feed, [OUTPUT_PROBS])[OUTPUT_PROBS]
-        group = self.tta_passes if self.metadata.loops_over_passes else max(1, self.pass_samples_per_call // waveforms.size)
+        size = inputs.size if samples is None else len(inputs) * samples
+        group = self.tta_passes if self.metadata.loops_over_passes else max(1, self.pass_samples_per_call // size)
         total = 0.0
         for start in range(0, self.tta_passes, group):
-            part = {name: value[start : start + group] if name != INPUT_WAVEFORM else value for name, value in feed.items()}
+            part = {name: value[start : start + group] if name != self.input_name else value for name, value in feed.items()}
             probs = self._runner.infer(part, [OUTPUT_PROBS])[OUTPUT_PROBS].astype(np.float64)
             total = total + probs * len(part[INPUT_TIME_STRIPES])
         return (total / self.tta_passes).astype(np.float32)
@@ -169,6 +181,9 @@ class Classifier:
     def predict(self, source: str | Path | np.ndarray) -> Prediction:
         """Classify an audio file (any rate or channel count; streamed) or a waveform array
         (mono float at 44.1 kHz, shape (samples,))."""
+        if self.input_name != INPUT_WAVEFORM:
+            raise AscError("a log-mel graph classifies log-mel frames (probabilities), not audio; give the model file "
+                           "it was written beside", self.model_path)
         if isinstance(source, np.ndarray):
             return self._predict_windows(split_windows(validate_waveform(source), hop_seconds=self.hop_seconds), "<array>")
         return self._predict_windows(iter_windows(source, hop_seconds=self.hop_seconds), source)

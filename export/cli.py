@@ -33,11 +33,13 @@ def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool, int8: bool
 @click.option("--schedule", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="onnx: gpu = whole tensors, TTA passes batched (GPUs, TensorRT, browsers); cpu = cache-sized "
                    "activations, TTA passes in a Loop (onnxruntime on CPUs: faster, less memory).")
+@click.option("--stream", is_flag=True, help="onnx: also write the streaming graphs beside M.onnx: M.frontend.onnx, M.logmel.onnx "
+              "and, single pass, M.features.onnx and M.head.onnx (for asc-stream and asc_deploy.streaming).")
 @click.option("--int8", is_flag=True, help="onnx: quantise the CNN to int8 (static, QDQ; the frontend stays float32).")
 @click.option("--calibration-data", type=click.Path(), default=None,
               help="--int8: data set folder (TAU 2020 Mobile layout) whose training split calibrates the quantisation.")
 def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, workspace_mib: int, timing_cache: str | None,
-         engine: bool, trt_accelerator: bool, schedule: str, int8: bool, calibration_data: str | None) -> None:
+         engine: bool, trt_accelerator: bool, schedule: str, stream: bool, int8: bool, calibration_data: str | None) -> None:
     """Export CHECKPOINT for deployment; the graph starts at the raw 44.1 kHz waveform."""
     output_path = Path(output) if output else _default_output(checkpoint, fmt, fp16, tta, int8)
     try:
@@ -45,6 +47,8 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
             raise ValueError("--engine and --trt-accelerator only apply to --format triton")
         if schedule == "cpu" and fmt != "onnx":
             raise ValueError("--schedule cpu only applies to --format onnx (TensorRT and Triton engines want whole tensors)")
+        if stream and (fmt != "onnx" or int8):
+            raise ValueError("--stream applies to --format onnx in fp32 or fp16 (not --int8)")
         if int8 and fp16:
             raise ValueError("--int8 and --fp16 exclude each other")
         if int8 and fmt != "onnx":
@@ -67,7 +71,7 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
 
             export_int8(checkpoint, output_path, calibration_data, tta, schedule)
         elif fmt == "onnx":
-            export_onnx(checkpoint, output_path, precision, tta, schedule)
+            export_onnx(checkpoint, output_path, precision, tta, schedule, stream=stream)
         else:
             with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
                 onnx_path = export_onnx(checkpoint, Path(tmp) / "model.onnx", precision, tta)

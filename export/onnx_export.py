@@ -15,6 +15,7 @@ training modules as they are). Parity with the training modules is tested to flo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import math
 import tempfile
@@ -32,13 +33,21 @@ from asc_deploy.export.loop import loop_over_passes
 from asc_deploy.labels import CLASS_LABELS, CLIP_SECONDS, SAMPLE_RATE
 from asc_deploy.metadata import (
     INPUT_FREQ_STRIPES,
+    INPUT_LOGMEL,
     INPUT_TIME_STRIPES,
     INPUT_WAVEFORM,
     OUTPUT_LOGITS,
+    INPUT_FEATURES,
+    OUTPUT_FEATURES,
+    OUTPUT_LOGMEL,
     OUTPUT_PROBS,
+    Graph,
     ModelMetadata,
+    stream_cnn_paths,
+    stream_graph_paths,
 )
 from asc_deploy.models import LogMelFrontend, TTAClassifier, WaveformClassifier, build_model, fold_batchnorm, load_checkpoint
+from asc_deploy.models.pipeline import FeatureExtractor, FeatureHead
 from asc_deploy.models.checkpoint import Checkpoint
 from asc_deploy.models.cnn6 import Cnn6, SeparableConvBlock
 
@@ -184,10 +193,15 @@ class ExportFrontend(LogMelFrontend):
     float32 rounding: <= 5e-4 dB from the float64 truth on the SP4ASC reference clips, but up to
     4.6e-3 dB on white noise, where frames hold FFT bins ~1e-4 of the frame's power (the shared
     layout: 1.4e-3 dB there).
+
+    ``center=False`` drops the reflect padding: (batch, samples) -> (batch, 1, samples // hop - 1,
+    mel_bins), frame t over samples [t * hop, t * hop + n_fft) (the streaming frontend graph; the
+    caller pads the frames at a window's edges itself, see :mod:`asc_deploy.streaming`).
     """
 
-    def __init__(self, *args, mel_group: int = 32, **kwargs) -> None:
+    def __init__(self, *args, mel_group: int = 32, center: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.center = center
         if self.hop_length != self.n1 // 2 * self.n2:
             raise ValueError("ExportFrontend needs hop_length == n1 / 2 * n2")
         with torch.no_grad():
@@ -214,8 +228,8 @@ class ExportFrontend(LogMelFrontend):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         n1, n2, hop, kept = self.n1, self.n2, self.hop_length, self.kept_k2
         batch, samples = waveform.shape
-        padded = nn.functional.pad(waveform[:, None, :], (self.n_fft // 2, self.n_fft // 2), mode="reflect")[:, 0, :]
-        chunks = padded[:, : (samples // hop + 2) * hop].reshape(batch, -1, n1 // 2, n2).permute(0, 3, 1, 2)
+        padded = nn.functional.pad(waveform[:, None, :], (self.n_fft // 2, self.n_fft // 2), mode="reflect")[:, 0, :] if self.center else waveform
+        chunks = padded[:, : (samples // hop + 2 * self.center) * hop].reshape(batch, -1, n1 // 2, n2).permute(0, 3, 1, 2)
         frames = torch.cat([chunks[:, :, :-1], chunks[:, :, 1:]], dim=3)  # (batch, i2, frames, i1)
         outer = torch.matmul(frames[:, None], self.outer_matrices())  # (batch, 2, i2, frames, k1)
         num_frames = outer.shape[3]
@@ -227,17 +241,20 @@ class ExportFrontend(LogMelFrontend):
         return (10.0 / math.log(10.0)) * torch.log(torch.clamp(mel, min=self.amin))[:, None]
 
 
-def _trace(module: torch.nn.Module, tta: bool, path: Path) -> None:
-    waveform = torch.zeros(2, 2 * SAMPLE_RATE)
-    dynamic_axes = {INPUT_WAVEFORM: {0: "batch", 1: "samples"}}
+def _trace(module: torch.nn.Module, tta: bool, path: Path, first_input: tuple[str, torch.Tensor, dict[int, str]] | None = None,
+           output_names: Sequence[str] | None = None) -> None:
+    """Trace ``module`` to ONNX at ``path``. Its first input is the waveform unless ``first_input``
+    gives (name, example, dynamic axes) (the streaming graphs: log-mel in, or log-mel out)."""
+    name, example, axes = first_input or (INPUT_WAVEFORM, torch.zeros(2, 2 * SAMPLE_RATE), {0: "batch", 1: "samples"})
+    dynamic_axes = {name: axes}
     if tta:
-        args = (waveform, torch.zeros(3, 2, 2, dtype=torch.int64), torch.zeros(3, 2, 2, dtype=torch.int64))
-        input_names = [INPUT_WAVEFORM, INPUT_TIME_STRIPES, INPUT_FREQ_STRIPES]
-        output_names = [OUTPUT_PROBS]
+        args = (example, torch.zeros(3, 2, 2, dtype=torch.int64), torch.zeros(3, 2, 2, dtype=torch.int64))
+        input_names = [name, INPUT_TIME_STRIPES, INPUT_FREQ_STRIPES]
+        output_names = output_names or [OUTPUT_PROBS]
         dynamic_axes |= {name: {0: "passes", 1: "stripes"} for name in input_names[1:]}
     else:
-        args, input_names, output_names = (waveform,), [INPUT_WAVEFORM], [OUTPUT_LOGITS, OUTPUT_PROBS]
-    dynamic_axes |= {name: {0: "batch"} for name in output_names}
+        args, input_names, output_names = (example,), [name], output_names or [OUTPUT_LOGITS, OUTPUT_PROBS]
+    dynamic_axes |= {name: {0: "batch"} for name in output_names if name not in dynamic_axes}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -249,13 +266,18 @@ def _trace(module: torch.nn.Module, tta: bool, path: Path) -> None:
 
 
 def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Precision = Precision.FP32, tta: bool = False,
-                schedule: Schedule = Schedule.GPU, channel_groups: Sequence[int] | None = None) -> Path:
+                schedule: Schedule = Schedule.GPU, channel_groups: Sequence[int] | None = None, stream: bool = False) -> Path:
     """Export a checkpoint (SP4ASC's or this project's) to ONNX at ``output``; returns ``output``.
 
     ``tta`` exports the test-time-augmentation variant (stripes as inputs, mean softmax out);
     ``schedule`` picks whole-tensor ops (GPUs) or cache-sized ones (CPUs), see :class:`Schedule`;
     ``channel_groups`` overrides the schedule's groups of output channels per block (the int8
-    export uses :data:`CPU_INT8_CHANNEL_GROUPS`). Nothing is left at ``output`` if any step fails.
+    export uses :data:`CPU_INT8_CHANNEL_GROUPS`). ``stream`` also writes the streaming graphs
+    beside ``output`` (:func:`~asc_deploy.metadata.stream_graph_paths`): the frontend without
+    padding (waveform -> log-mel) and the classifier from log-mel, traced from the same modules,
+    and for a single-pass model the same classifier split at its last feature map
+    (:func:`~asc_deploy.metadata.stream_cnn_paths`).
+    Nothing is left at ``output`` if any step fails.
     """
     precision, schedule = Precision(precision), Schedule(schedule)
     if schedule is Schedule.CPU and precision is Precision.FP16:
@@ -267,7 +289,7 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
     cnn = export_cnn(fold_batchnorm(build_model(checkpoint)), channel_groups=channel_groups)
     frontend = ExportFrontend().eval()
     temperature = checkpoint.temperature(tta)
-    module = (TTAClassifier if tta else WaveformClassifier)(frontend, cnn, precision.torch_dtype, temperature).eval()
+    classifier = TTAClassifier if tta else WaveformClassifier
     metadata = ModelMetadata(
         labels=CLASS_LABELS, sample_rate=frontend.sample_rate, n_fft=frontend.n_fft, hop_length=frontend.hop_length,
         mel_bins=frontend.mel_bins, clip_seconds=CLIP_SECONDS, precision=precision.value,
@@ -275,16 +297,39 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
         checkpoint_sha256=checkpoint.sha256, package_version=__version__, schedule=schedule.value,
         temperature=1.0 if temperature is None else temperature,
     )
-    with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
-        traced = Path(tmp) / "traced.onnx"
-        _trace(module, tta, traced)
-        model = onnx.load(str(traced))
-    if tta and schedule is Schedule.CPU:
-        model = loop_over_passes(model)
-    model.producer_name, model.producer_version = "asc-deploy", __version__
-    model.doc_string = "SP4ASC separable CNN6 acoustic scene classifier; input: mono 44.1 kHz waveform"
-    onnx.helper.set_model_props(model, metadata.to_props())
-    onnx.checker.check_model(model, full_check=True)
-    with atomic_path(output) as tmp_path:
-        onnx.save(model, str(tmp_path))
+
+    def write(module: nn.Module, path: Path, graph: Graph, doc: str, with_tta: bool, **trace_args) -> None:
+        with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
+            traced = Path(tmp) / "traced.onnx"
+            _trace(module.eval(), with_tta, traced, **trace_args)
+            model = onnx.load(str(traced))
+        if with_tta and schedule is Schedule.CPU:
+            model = loop_over_passes(model)
+        model.producer_name, model.producer_version = "asc-deploy", __version__
+        model.doc_string = doc
+        onnx.helper.set_model_props(model, dataclasses.replace(metadata, graph=graph.value).to_props())
+        onnx.checker.check_model(model, full_check=True)
+        with atomic_path(path) as tmp_path:
+            onnx.save(model, str(tmp_path))
+
+    write(classifier(frontend, cnn, precision.torch_dtype, temperature), Path(output), Graph.WAVEFORM,
+          "SP4ASC separable CNN6 acoustic scene classifier; input: mono 44.1 kHz waveform", tta)
+    if stream:
+        frontend_path, logmel_path = stream_graph_paths(output)
+        write(ExportFrontend(center=False), frontend_path, Graph.FRONTEND,
+              "SP4ASC log-mel frontend without padding: waveform (batch, samples) -> logmel (batch, 1, samples // hop - 1, bins)",
+              False, first_input=(INPUT_WAVEFORM, torch.zeros(2, 2 * SAMPLE_RATE), {0: "batch", 1: "samples"}),
+              output_names=[OUTPUT_LOGMEL])
+        frames = torch.zeros(2, 1, 100, frontend.mel_bins)
+        write(classifier(nn.Identity(), cnn, precision.torch_dtype, temperature), logmel_path, Graph.LOGMEL,
+              "SP4ASC separable CNN6 acoustic scene classifier; input: log-mel (batch, 1, frames, bins) in dB", tta,
+              first_input=(INPUT_LOGMEL, frames, {0: "batch", 2: "frames"}))
+        if not tta:  # TTA masks differ per window: nothing of its CNN is shared between windows
+            features_path, head_path = stream_cnn_paths(output)
+            write(FeatureExtractor(cnn, precision.torch_dtype), features_path, Graph.FEATURES,
+                  "SP4ASC CNN6 up to its last feature map: logmel (batch, 1, frames, bins) -> features (batch, 128, frames // 16, bins // 16)",
+                  False, first_input=(INPUT_LOGMEL, frames, {0: "batch", 2: "frames"}), output_names=[OUTPUT_FEATURES])
+            write(FeatureHead(cnn, precision.torch_dtype, temperature), head_path, Graph.HEAD,
+                  "SP4ASC CNN6 head: features (batch, 128, columns, bins // 16) -> logits, probs", False,
+                  first_input=(INPUT_FEATURES, torch.zeros(2, cnn.fc1.in_features, 6, frontend.mel_bins // 16), {0: "batch", 2: "columns"}))
     return Path(output)

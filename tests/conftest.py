@@ -59,6 +59,24 @@ def exported(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def stream_model(tmp_path_factory):
+    """stream_model(tta, schedule) -> an asc-export --stream model of the official "ce" checkpoint (cached)."""
+    if not SP4ASC.is_dir():
+        pytest.skip("../shared/sp4asc is absent")
+    from asc_deploy.export.onnx_export import export_onnx
+
+    folder, cache = tmp_path_factory.mktemp("stream"), {}
+
+    def get(tta: bool = False, schedule: str = "gpu") -> Path:
+        if (tta, schedule) not in cache:
+            cache[tta, schedule] = export_onnx(checkpoint_path("ce"), folder / f"ce.{tta}.{schedule}.onnx", tta=tta,
+                                               schedule=schedule, stream=True)
+        return cache[tta, schedule]
+
+    return get
+
+
 def _export_random(base: Path) -> tuple[Path, Path]:
     """(checkpoint, ONNX) of a seeded random Cnn6 under ``base``, exported once per session."""
     ckpt, model = base / "random.pth", base / "random.onnx"

@@ -33,6 +33,33 @@ class WaveformClassifier(nn.Module):
         return logits, torch.softmax(logits, dim=-1)
 
 
+class FeatureExtractor(nn.Module):
+    """The CNN up to its last feature map: log-mel (batch, 1, frames, bins) in dB -> features
+    (batch, channels, frames // 16, bins // 16) float32. With :class:`FeatureHead`, the classifier
+    split where a stream classifier reuses the feature columns away from a window's edges."""
+
+    def __init__(self, cnn: Cnn6, cnn_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.cnn, self.cnn_dtype = cnn.to(cnn_dtype), cnn_dtype
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        return self.cnn.forward_features(self.cnn.normalize(logmel.to(self.cnn_dtype))).float()
+
+
+class FeatureHead(nn.Module):
+    """Features (batch, channels, columns, bins // 16) float32 -> (logits, probs), each (batch,
+    classes) float32; with a ``temperature`` the logits are divided by it, as in :class:`WaveformClassifier`."""
+
+    def __init__(self, cnn: Cnn6, cnn_dtype: torch.dtype = torch.float32, temperature: Temperature | None = None) -> None:
+        super().__init__()
+        self.cnn, self.cnn_dtype = cnn.to(cnn_dtype), cnn_dtype
+        self.calibration = logit_scale(temperature)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.calibration(self.cnn.forward_head(features.to(self.cnn_dtype)).float())
+        return logits, torch.softmax(logits, dim=-1)
+
+
 class PassScorer(nn.Module):
     """The CNN and softmax of test-time augmentation: augmented log-mel (passes, batch, 1, frames,
     bins) -> probabilities (passes, batch, classes) float32, every pass scored independently.

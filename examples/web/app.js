@@ -118,6 +118,198 @@ async function classify(model, waveform) {
   return { probs: Array.from(probs), logits: Array.from(logits), windows: starts.length, inferMs: performance.now() - t0 };
 }
 
+// ---- Listen mode: the microphone, classified every hop ---------------------------------------
+//
+// The same windowing as asc_deploy.streaming.StreamClassifier: prediction k covers the samples
+// [max(0, end - window), end) with end = 1 s + k * hop (hop 43 frames = 44,032 samples, window the
+// model's clip), one onnxruntime-web call of the waveform model per hop, and the same
+// input-quality flags with the same thresholds (asc_deploy.streaming.QualityThresholds).
+
+const HOP_FRAMES = 43; // asc_deploy.streaming.DEFAULT_HOP_FRAMES
+const FRAME_HOP = 1024; // samples per log-mel frame hop (model metadata hop_length)
+const SILENCE_PEAK = 2 ** -15;
+const CLIP_LEVEL = 0.999;
+const CLIP_FRACTION = 1e-3;
+const HISTORY = 8; // hops shown
+const KEPT_HOPS = 1000; // hops kept in window.listenHops (for tests and the console)
+
+// The last `size` samples of each channel (ring buffers), and the total count seen.
+class Tail {
+  constructor(size, channels) {
+    this.size = size;
+    this.rings = Array.from({ length: channels }, () => new Float32Array(size));
+    this.total = 0;
+  }
+
+  append(channels, from, to) {
+    for (let i = from; i < to; i++) {
+      const at = (this.total + i - from) % this.size;
+      channels.forEach((data, c) => { this.rings[c][at] = data[i]; });
+    }
+    this.total += to - from;
+  }
+
+  // The last `count` samples of channel c, oldest first.
+  last(c, count) {
+    const out = new Float32Array(count);
+    const ring = this.rings[c];
+    const start = (this.total - count) % this.size;
+    const first = Math.min(count, this.size - start);
+    out.set(ring.subarray(start, start + first), 0);
+    if (first < count) out.set(ring.subarray(0, count - first), first);
+    return out;
+  }
+}
+
+function qualityFlags(mono, channels) {
+  const peak = (data) => data.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  const flags = [];
+  if (peak(mono) <= SILENCE_PEAK) flags.push("silence");
+  const clipped = channels.reduce((n, data) => n + data.reduce((k, v) => k + (Math.abs(v) >= CLIP_LEVEL ? 1 : 0), 0), 0);
+  if (clipped >= CLIP_FRACTION * mono.length) flags.push("clipping");
+  if (channels.length > 1) {
+    const peaks = channels.map(peak);
+    if (peaks.some((p) => p <= SILENCE_PEAK) && peaks.some((p) => p > SILENCE_PEAK)) flags.push("dead_channel");
+  }
+  return flags;
+}
+
+class Listener {
+  constructor(model, onHop, record) {
+    this.model = model;
+    this.onHop = onHop;
+    this.window = Math.round(model.clipSeconds * model.sampleRate);
+    this.hop = HOP_FRAMES * FRAME_HOP;
+    this.nextEnd = Math.round(MIN_SECONDS * model.sampleRate);
+    this.tail = null;
+    this.queue = [];
+    this.busy = false;
+    this.recording = record ? [] : null; // mono blocks as captured (tests compare with asc-stream)
+  }
+
+  async start() {
+    this.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+    // The context runs at the model's rate: the browser resamples the capture to it.
+    this.context = new AudioContext({ sampleRate: this.model.sampleRate });
+    await this.context.audioWorklet.addModule("listen-worklet.js");
+    const source = this.context.createMediaStreamSource(this.stream);
+    this.node = new AudioWorkletNode(this.context, "asc-capture");
+    this.node.port.onmessage = (e) => this.push(e.data.channels);
+    source.connect(this.node).connect(this.context.destination); // silent output; the graph pulls it
+    await this.context.resume();
+  }
+
+  async stop() {
+    if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
+    if (this.context) await this.context.close();
+  }
+
+  push(channels) {
+    if (!this.tail) this.tail = new Tail(this.window, channels.length + 1); // mono, then each channel
+    const mono = new Float32Array(channels[0].length);
+    channels.forEach((data) => data.forEach((v, i) => { mono[i] += v; }));
+    if (channels.length > 1) mono.forEach((v, i) => { mono[i] = v / channels.length; });
+    if (this.recording) this.recording.push(mono);
+    const all = [mono, ...channels];
+    let done = 0;
+    while (done < mono.length) {
+      const take = Math.min(mono.length - done, this.nextEnd - this.tail.total);
+      this.tail.append(all, done, done + take);
+      done += take;
+      if (this.tail.total === this.nextEnd) {
+        const length = Math.min(this.nextEnd, this.window);
+        const samples = this.tail.last(0, length);
+        const perChannel = channels.map((_, c) => this.tail.last(c + 1, length));
+        this.queue.push({ start: this.nextEnd - length, end: this.nextEnd, samples, flags: qualityFlags(samples, perChannel) });
+        this.nextEnd += this.hop;
+      }
+    }
+    this.drain();
+  }
+
+  // One onnxruntime-web call per hop, in order; hops wait while one runs.
+  async drain() {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      while (this.queue.length) {
+        const hop = this.queue.shift();
+        const t0 = performance.now();
+        const input = new ort.Tensor("float32", hop.samples, [1, hop.samples.length]);
+        const out = await this.model.session.run({ waveform: input });
+        const probs = Array.from(out.probs.data);
+        const best = probs.indexOf(Math.max(...probs));
+        const rate = this.model.sampleRate;
+        this.onHop({ start: hop.start / rate, end: hop.end / rate, label: this.model.labels[best], prob: probs[best], probs,
+          flags: hop.flags, inferMs: performance.now() - t0, waiting: this.queue.length });
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+}
+
+function showHop(model, hop) {
+  window.listenHops.push(hop);
+  if (window.listenHops.length > KEPT_HOPS) window.listenHops.shift();
+  $("listen-scene").textContent = hop.label.replaceAll("_", " ");
+  $("listen-prob").textContent = `${(100 * hop.prob).toFixed(1)} %`;
+  $("listen-flags").replaceChildren(...hop.flags.map((flag) => {
+    const badge = document.createElement("span");
+    badge.className = "flag";
+    badge.textContent = flag.replace("_", " ");
+    return badge;
+  }));
+  $("listen-info").textContent = `window ${hop.start.toFixed(2)}-${hop.end.toFixed(2)} s · inference ${hop.inferMs.toFixed(0)} ms (wasm, ${model.precision})`;
+  const row = document.createElement("tr");
+  [`${hop.start.toFixed(1)}-${hop.end.toFixed(1)} s`, hop.label.replaceAll("_", " "), `${(100 * hop.prob).toFixed(1)} %`,
+    hop.flags.join(", ") || "-"].forEach((text) => {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    row.append(cell);
+  });
+  const history = $("listen-history");
+  history.prepend(row);
+  while (history.children.length > HISTORY) history.lastChild.remove();
+  const panel = $("listen");
+  panel.dataset.hops = String(Number(panel.dataset.hops) + 1);
+  panel.dataset.scene = hop.label;
+}
+
+function setupListen(modelReady) {
+  const button = $("listen-button");
+  const panel = $("listen");
+  const record = new URLSearchParams(location.search).has("record");
+  let listener = null;
+  window.listenHops = [];
+  modelReady.then(() => { button.disabled = false; }, () => {});
+  button.addEventListener("click", async () => {
+    if (listener) {
+      await listener.stop();
+      listener = null;
+      button.textContent = "Listen";
+      panel.dataset.state = "stopped";
+      return;
+    }
+    $("error").hidden = true;
+    try {
+      const model = await modelReady;
+      listener = new Listener(model, (hop) => showHop(model, hop), record);
+      window.listenRecording = listener.recording;
+      await listener.start();
+      button.textContent = "Stop";
+      panel.dataset.state = "listening";
+      panel.hidden = false;
+    } catch (err) {
+      listener = null;
+      panel.dataset.state = "error";
+      showError(`cannot listen: ${err.message || err}`);
+    }
+  });
+}
+
 // ---- page ----------------------------------------------------------------------------------
 
 function showError(message) {
@@ -185,6 +377,7 @@ function main() {
     showError(err.message || String(err));
   });
 
+  setupListen(modelReady);
   $("file").addEventListener("change", (e) => {
     const file = e.target.files[0];
     e.target.value = ""; // choosing the same file again fires "change" again

@@ -186,3 +186,46 @@ def test_metadata_says_which_graphs_loop_over_passes(exported):
     assert read_model_metadata(exported("ce", "fp32", True, "cpu")).loops_over_passes
     assert not read_model_metadata(exported("ce", "fp32", True, "gpu")).loops_over_passes
     assert not read_model_metadata(exported("ce", "fp32", False, "cpu")).loops_over_passes
+
+
+def test_stream_graphs_contract(stream_model, tmp_path):
+    """asc-export --stream: M.onnx unchanged in contract, plus the frontend graph (waveform -> log-mel
+    without padding) and the log-mel classifier, whose composition equals M.onnx on a clip."""
+
+    from asc_deploy.metadata import stream_cnn_paths, stream_graph_paths
+
+    model = stream_model()
+    frontend, logmel = stream_graph_paths(model)
+    assert (frontend.name, logmel.name) == (f"{model.stem}.frontend.onnx", f"{model.stem}.logmel.onnx")
+    graphs = {path: onnx.load(str(path)) for path in (model, frontend, logmel)}
+    for path, proto in graphs.items():
+        onnx.checker.check_model(proto, full_check=True)
+    metas = {path: ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}) for path, proto in graphs.items()}
+    assert [metas[p].graph for p in (model, frontend, logmel)] == ["waveform", "frontend", "logmel"]
+    assert metas[frontend].labels == metas[model].labels and metas[logmel].checkpoint_sha256 == metas[model].checkpoint_sha256
+    assert [i.name for i in graphs[frontend].graph.input] == ["waveform"] and [o.name for o in graphs[frontend].graph.output] == ["logmel"]
+    assert [i.name for i in graphs[logmel].graph.input] == ["logmel"]
+    assert [o.name for o in graphs[logmel].graph.output] == ["logits", "probs"]
+    wave = np.random.default_rng(0).uniform(-0.3, 0.3, (1, 3 * 44_100)).astype(np.float32)
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in graphs}
+    padded = np.pad(wave, ((0, 0), (1024, 1024)), mode="reflect")
+    frames = run[frontend].run(["logmel"], {"waveform": padded})[0]
+    assert frames.shape == (1, 1, 3 * 44_100 // 1024 + 1, 256)  # the centred frames of the clip
+    direct = run[model].run(["probs"], {"waveform": wave})[0]
+    assert np.abs(run[logmel].run(["probs"], {"logmel": frames})[0] - direct).max() < 1e-6
+    # a single-pass model's CNN split at its last feature map composes to the same probabilities
+    features_path, head_path = stream_cnn_paths(model)
+    features = ort.InferenceSession(str(features_path), providers=["CPUExecutionProvider"]).run(["features"], {"logmel": frames})[0]
+    assert features.shape == (1, 128, frames.shape[2] // 16, 16)
+    head = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"]).run(["probs"], {"features": features})[0]
+    assert np.abs(head - direct).max() < 1e-6
+    assert [ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(path)).metadata_props}).graph
+            for path in (features_path, head_path)] == ["features", "head"]
+    assert not any(path.exists() for path in stream_cnn_paths(stream_model(tta=True)))  # TTA: nothing to share
+    from click.testing import CliRunner
+
+    from asc_deploy.export.cli import main
+
+    result = CliRunner().invoke(main, ["--checkpoint", str(checkpoint_path("ce")), "--format", "trt", "--stream",
+                                       "-o", str(tmp_path / "m.engine")])
+    assert result.exit_code == 1 and "--stream applies to --format onnx" in result.output

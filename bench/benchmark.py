@@ -85,6 +85,7 @@ class BackendRun:
 
     probs: np.ndarray  # (clips, classes) in ``LoadedClips.clips`` order
     latencies_ms: list[float] = field(default_factory=list)  # per batch call
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # further outputs asked for, by name, (clips, ...) in clip order
     peak_rss_mb: float | None = None
 
     def timing(self, total_audio_seconds: float, clips: int) -> dict[str, float]:
@@ -104,8 +105,9 @@ def iter_batch_waveforms(loaded: LoadedClips, groups: list[list[int]]) -> Iterat
 
 
 def run_backend(runner, loaded: LoadedClips, groups: list[list[int]], nb_aug: int, spec_aug: tuple[int, ...], seed: int,
-                label: str) -> BackendRun:
-    """Run ``runner`` (activated here) over every batch; one untimed warm-up call first."""
+                label: str, extra: tuple[str, ...] = ()) -> BackendRun:
+    """Run ``runner`` (activated here) over every batch; one untimed warm-up call first. ``extra``:
+    outputs to keep besides ``probs`` (in :attr:`BackendRun.extra`)."""
     probs = np.zeros((len(loaded.clips), len(CLASS_LABELS)), np.float32)
     run = BackendRun(probs)
     reset_peak_rss()
@@ -118,9 +120,13 @@ def run_backend(runner, loaded: LoadedClips, groups: list[list[int]], nb_aug: in
                     runner.infer(feed, [OUTPUT_PROBS])
                     first = False
                 start = time.perf_counter()
-                out = runner.infer(feed, [OUTPUT_PROBS])[OUTPUT_PROBS]
+                out = runner.infer(feed, [OUTPUT_PROBS, *extra])
                 run.latencies_ms.append((time.perf_counter() - start) * 1000)
-                probs[group] = out
+                probs[group] = out[OUTPUT_PROBS]
+                for name in extra:
+                    if name not in run.extra:
+                        run.extra[name] = np.full((len(loaded.clips), *out[name].shape[1:]), np.nan, out[name].dtype)
+                    run.extra[name][group] = out[name]
     run.peak_rss_mb = peak_rss_mb()
     return run
 

@@ -105,7 +105,7 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     """
     from asc_deploy.bench.benchmark import batches, run_backend, scan_clips, total_seconds
     from asc_deploy.bench.parity import compare, tolerances_with
-    from asc_deploy.bench.runners import backend_specs, make_runner
+    from asc_deploy.bench.runners import PASS_LOGITS, backend_specs, make_runner
     from asc_deploy.train.dataset import read_split
 
     if nb_aug < 0:
@@ -142,6 +142,8 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     groups = batches(loaded, batch_size)
     complexity = _complexity(checkpoint)
     runs, results = [], {}
+    calibrated = checkpoint is not None and _is_calibrated(checkpoint)
+    pass_logits: np.ndarray | None = None  # (clips, passes, classes) from the first torch run of a calibrated checkpoint
     plan = _plan_runs(specs, files, checkpoint, report_dir / "engines", report_dir / "engines" / "timing.cache")
     for spec, precision, path, reason in plan:
         entry = {"backend": spec.name, "precision": precision, "model_file": str(path) if path else None,
@@ -150,8 +152,9 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
             runs.append(entry | {"status": "skipped", "reason": reason})
             continue
         runner = make_runner(spec, path, checkpoint, session, tta=nb_aug > 0)
+        keep = (PASS_LOGITS,) if spec.kind == "torch" and calibrated and not pass_logits else ()  # the calibration table's logits
         try:
-            result = run_backend(runner, loaded, groups, nb_aug, spec_aug, seed, f"{spec.name} {precision}")
+            result = run_backend(runner, loaded, groups, nb_aug, spec_aug, seed, f"{spec.name} {precision}", keep)
         except AscError as err:
             runs.append(entry | {"status": "failed", "reason": str(err)})
             continue
@@ -159,6 +162,7 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
         metrics["device_wise"] = {d: {"logloss": v["logloss"], "accuracy": v["accuracy"]} for d, v in groupwise(result.probs, labels, devices).items()}
         metrics |= {"reliability": (rel := reliability(result.probs, labels)), "ece": rel["ece"]}
         results[(spec.name, precision)] = result
+        pass_logits = result.extra.get(PASS_LOGITS, pass_logits)
         runs.append(entry | {"status": "ok", "metrics": metrics, "timing": result.timing(total_seconds(loaded), len(loaded.clips)),
                              "peak_rss_mb": result.peak_rss_mb})
     reference_key = next(iter(results), None)  # torch fp32 when it ran: plan order puts it first
@@ -176,10 +180,11 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
     report = {"model": str(model), "data": str(data), "split": split, "clips": len(loaded.clips), "failed_clips": len(loaded.errors),
               "errors": loaded.errors, "nb_aug": nb_aug, "seed": seed, "batch_size": batch_size, "reference": "/".join(reference_key or ()),
               "complexity": complexity, "runs": runs}
-    if checkpoint is not None:
+    if calibrated:
         from asc_deploy.bench.benchmark import iter_batch_waveforms
 
-        report["calibration"] = _calibration_table(checkpoint, iter_batch_waveforms(loaded, groups), labels, nb_aug, spec_aug, seed)
+        report["calibration"] = _calibration_table(checkpoint, iter_batch_waveforms(loaded, groups), labels, nb_aug, spec_aug, seed,
+                                                   pass_logits)
     _write_outputs(report, report_dir, results, loaded, labels, reference_key)
     return report
 
@@ -195,18 +200,29 @@ def _calibrate(model: Path, data: Path, nb_aug: int, seed: int, output: Path) ->
     return output
 
 
+def _is_calibrated(checkpoint: Path) -> bool:
+    from asc_deploy.models import load_checkpoint
+
+    return bool(load_checkpoint(checkpoint).calibration)
+
+
 def _calibration_table(checkpoint: Path, waveforms, labels: np.ndarray, nb_aug: int, spec_aug: tuple[int, ...],
-                       seed: int) -> dict | None:
-    """The calibration table of a calibrated checkpoint (None for an uncalibrated one), from the
-    torch reference's logits of the same clips and stripes as the backends."""
+                       seed: int, torch_logits: np.ndarray | None) -> dict:
+    """The calibration table of a calibrated checkpoint, from the torch reference's logits of the
+    same clips and stripes as the backends: ``torch_logits`` (clips, passes, classes), the torch
+    backend's own, when it ran (then only a TTA run's unaugmented pass is computed here)."""
     from asc_deploy.bench.calibration import calibration_rows
     from asc_deploy.models import build_model, load_checkpoint
     from asc_deploy.train.calibrate import pass_logits
 
     loaded = load_checkpoint(checkpoint)
-    if not loaded.calibration:
-        return None
-    single, tta = pass_logits(build_model(loaded), waveforms, len(labels), nb_aug, spec_aug, seed, f"{'calibration table':<28}")
+    label = f"{'calibration table':<28}"
+    if torch_logits is None:
+        single, tta = pass_logits(build_model(loaded), waveforms, len(labels), nb_aug, spec_aug, seed, label)
+    elif nb_aug > 0:
+        single, tta = pass_logits(build_model(loaded), waveforms, len(labels), 0, spec_aug, seed, label)[0], torch_logits.astype(np.float64)
+    else:
+        single, tta = torch_logits[:, 0].astype(np.float64), None
     tta_temperature = loaded.temperature(True) if loaded.calibration.get("tta_temperature") is not None else None
     rows = calibration_rows(single, tta, labels, loaded.temperature(False), tta_temperature)
     split = loaded.calibration.get("split") or {}

@@ -17,12 +17,15 @@ from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig, provider_sta
 from asc_deploy.trt_runner import TensorRTRunner
 from asc_deploy.trt_runner import available as tensorrt_available
 
+PASS_LOGITS = "pass_logits"  # the torch reference's extra output: the CNN's raw logits of every pass, (batch, passes, classes)
+
 
 class TorchRunner:
     """The reference: the checkpoint's model as trained (eval mode, nothing folded), fp32, in
     torch eager on CPU or CUDA, behind the same feed/result names as the ONNX graphs. A calibrated
     checkpoint's temperature of the single-pass or (``tta``) TTA model divides the logits, as in
-    the exported graphs."""
+    the exported graphs. Besides ``probs`` it can return :data:`PASS_LOGITS`, the CNN's logits
+    of every pass before any temperature (one pass without stripes), from the same computation."""
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", tta: bool = False) -> None:
         self.checkpoint, self.device, self.tta = Path(checkpoint), device, tta
@@ -55,10 +58,14 @@ class TorchRunner:
         else:  # single pass: one pass without stripes
             time = freq = torch.zeros(1, 0, 2, dtype=torch.int64, device=self.device)
         with torch.inference_mode():
-            probs = self.model(waveform, time, freq)
+            logits = self.model.scorer.logits(self.model.augment(waveform, time, freq))  # (passes, batch, classes)
+            probs = torch.softmax(self.model.scorer.calibration(logits), dim=-1).mean(dim=0)  # = self.model(...)
         if self.device != "cpu":
             torch.cuda.synchronize()
-        return {OUTPUT_PROBS: probs.cpu().numpy()}
+        result = {OUTPUT_PROBS: probs.cpu().numpy()}
+        if outputs and PASS_LOGITS in outputs:
+            result[PASS_LOGITS] = logits.transpose(0, 1).cpu().numpy()
+        return result
 
     def deactivate(self) -> None:
         self.model = None

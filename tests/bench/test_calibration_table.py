@@ -42,3 +42,26 @@ def test_calibrate_needs_a_checkpoint(random_model: Path, calibration_dir: Path,
     result = CliRunner().invoke(main, ["--model", str(random_model), "--data", str(calibration_dir), "--calibrate", str(calibration_dir),
                                        "--nb-aug", "0", "--report", str(tmp_path / "r")])
     assert result.exit_code == 1 and "asc-bench: error: --calibrate needs a checkpoint" in result.output
+
+
+@pytest.mark.parametrize("nb_aug", [0, 3])
+def test_calibration_table_reuses_the_torch_runs_logits(held_out_model: Path, calibration_dir: Path, tmp_path: Path, nb_aug: int) -> None:
+    """With the torch backend the table takes its logits from the torch run (computing only the
+    unaugmented pass again); without it, it computes them all: the same rows either way."""
+    from asc_deploy.bench.cli import run
+    from asc_deploy.train.calibrate import calibrate
+
+    calibrated = tmp_path / "calibrated.pth"
+    calibrate(held_out_model, calibration_dir, calibrated, nb_aug)
+
+    def rows(backend: str) -> list[dict]:
+        report = run(calibrated, calibration_dir, "evaluate", [backend], ["fp32"], nb_aug, None, 0, tmp_path / backend, [], 1)
+        assert [r["status"] for r in report["runs"] if r["backend"].endswith("-cpu")] == ["ok"]
+        return report["calibration"]["rows"]
+
+    with_torch, without = rows("torch"), rows("onnxruntime")
+    assert [r["model"] for r in with_torch] == [r["model"] for r in without] == ["single pass", "single pass + T", *(
+        ["TTA-3", "TTA-3 + T"] if nb_aug else [])]
+    for a, b in zip(with_torch, without):
+        assert a["logloss"] == pytest.approx(b["logloss"], abs=1e-6) and a["ece"] == pytest.approx(b["ece"], abs=1e-6)
+        assert a["accuracy"] == b["accuracy"] and a["temperature"] == b["temperature"]

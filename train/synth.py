@@ -33,7 +33,7 @@ import functools
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -514,19 +514,50 @@ def make_dataset(
     return out
 
 
+RECORDING_LOCATION = 10_000  # locations of recordings: far above any data set's, so every scene is from an unseen place
+
+
+def make_recording(path: str | Path, scenes: Sequence[str], seconds_per_scene: float, device: str = "a", seed: int = 0) -> Path:
+    """Write one continuous 16-bit mono WAV at 44.1 kHz to ``path``: ``scenes`` (class labels) one
+    after another, ``seconds_per_scene`` each, recorded by ``device``, each from a location of its
+    own that no data set uses (a stand-in for a long live recording, e.g. for asc-stream)."""
+    unknown = [s for s in scenes if s not in CLASS_LABELS]
+    if not scenes or unknown:
+        raise AscError(f"unknown scene(s) {unknown}: choose from {', '.join(CLASS_LABELS)}" if unknown else "no scene given")
+    if device not in DEVICES:
+        raise AscError(f"unknown device {device!r}: choose from {', '.join(DEVICES)}")
+    if not MIN_SECONDS <= seconds_per_scene <= MAX_SECONDS:
+        raise AscError(f"seconds per scene must be {MIN_SECONDS}-{MAX_SECONDS} s, got {seconds_per_scene}")
+    n = round(seconds_per_scene * SAMPLE_RATE)
+    parts = [record(render_scene(CLASS_LABELS.index(scene), RECORDING_LOCATION + i, 0, n, seed), n, device,
+                    np.random.default_rng([seed, 4, i, DEVICES.index(device)])) for i, scene in enumerate(scenes)]
+    with atomic_path(Path(path)) as tmp:
+        sf.write(tmp, np.concatenate(parts), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return Path(path)
+
+
 @click.command()
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path))
 @click.option(
     "--clips-per-class-device", default=3, show_default=True, type=click.IntRange(min=1),
     help="n: evaluate has n clips per class and device (90 n), train 150 n",
 )
 @click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(MIN_SECONDS, MAX_SECONDS), help="clip length in seconds (TAU: 10)")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="same seed and options give the same bytes")
-@click.option("--overwrite", is_flag=True, help="replace a different data set already in OUT_DIR")
-def main(out_dir: Path, clips_per_class_device: int, seconds: float, seed: int, overwrite: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="replace a different data set already in OUT")
+@click.option("--recording", "scenes", default=None, metavar="SCENE,SCENE,...",
+              help="write instead one continuous recording (WAV file OUT) of these scenes in turn, --seconds each")
+@click.option("--device", default="a", show_default=True, type=click.Choice(DEVICES), help="--recording: the recording device")
+def main(out_dir: Path, clips_per_class_device: int, seconds: float, seed: int, overwrite: bool, scenes: str | None, device: str) -> None:
     """Write a synthetic acoustic scene data set in the TAU Urban Acoustic Scenes 2020 Mobile
-    layout (meta.csv, evaluation_setup/fold1_*.csv, audio/*.wav) to OUT_DIR."""
+    layout (meta.csv, evaluation_setup/fold1_*.csv, audio/*.wav) to the folder OUT, or with
+    --recording one long recording of several scenes to the WAV file OUT."""
     try:
+        if scenes is not None:
+            names = [s.strip() for s in scenes.split(",") if s.strip()]
+            path = make_recording(out_dir, names, seconds, device, seed)
+            click.echo(f"wrote {len(names) * seconds:g} s ({', '.join(f'{seconds:g} s {s}' for s in names)}, device {device}) to {path}")
+            return
         out = make_dataset(out_dir, clips_per_class_device, seconds, seed, overwrite=overwrite, progress=True)
     except AscError as exc:
         raise click.ClickException(str(exc)) from exc

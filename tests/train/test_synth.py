@@ -172,3 +172,27 @@ def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(AscError, match=r"clip length must be 1.0-60.0 s, got 0.5"):
         make_dataset(tmp_path / "x", 1, 0.5, 0)
     assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "x").exists()
+
+
+def test_recording_is_the_scenes_in_turn(tmp_path: Path) -> None:
+    from asc_deploy.train.synth import make_recording
+
+    runner = CliRunner()
+    first = runner.invoke(main, [str(tmp_path / "a.wav"), "--recording", "park,metro", "--seconds", "1.5", "--device", "s4"])
+    assert first.exit_code == 0, first.output
+    assert first.output == f"wrote 3 s (1.5 s park, 1.5 s metro, device s4) to {tmp_path / 'a.wav'}\n"
+    audio, rate = sf.read(tmp_path / "a.wav", dtype="int16")
+    assert rate == SAMPLE_RATE and audio.shape == (2 * round(1.5 * SAMPLE_RATE),)
+    other = sf.read(make_recording(tmp_path / "b.wav", ["park", "bus"], 1.5, "s4"), dtype="int16")[0]
+    half = len(audio) // 2
+    np.testing.assert_array_equal(audio[:half], other[:half])  # each scene is rendered on its own
+    assert np.abs(audio[half:].astype(float) - other[half:]).mean() > 100  # metro is not bus
+    levels_db = [20 * np.log10(np.sqrt(np.mean((part / 32768.0) ** 2))) for part in (audio[:half], audio[half:])]
+    assert all(-60 < level < -3 for level in levels_db), levels_db
+    assert sf.read(make_recording(tmp_path / "c.wav", ["park", "metro"], 1.5, "s4"), dtype="int16")[0].tobytes() == audio.tobytes()
+
+
+def test_recording_refuses_an_unknown_scene(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [str(tmp_path / "r.wav"), "--recording", "park,beach"])
+    assert result.exit_code == 1 and not (tmp_path / "r.wav").exists()
+    assert result.output.startswith("Error: unknown scene(s) ['beach']: choose from airport, bus,") and result.output.count("\n") == 1

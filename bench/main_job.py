@@ -1,18 +1,28 @@
-"""The main job on the embedded default, end to end: synthetic data -> demo training -> ONNX
-export (fp32, fp16) -> ``asc-bench --nb-aug 30`` on every backend available here.
+"""The main job on the embedded default, end to end, ending in one short summary:
+
+synthetic data set and one long synthetic recording -> the demo recipe (SpecAugment, a
+calibration hold-out) -> ``asc-calibrate`` (temperatures of the single pass and of TTA-A) ->
+``asc-export`` fp32 (with the streaming graphs) and fp16 -> ``asc-bench --nb-aug A`` on every
+backend available here, with the calibration table -> ``asc-stream`` over the long recording.
 
 Each step runs the project's own command in a subprocess, exactly as a user would type it, and
-stops the job at the first failure with that command's exit code.
+stops the job at the first failure with that command's exit code. The summary is read back
+from the files the steps wrote (report.json, the models, the stream's output).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
+
+RECORDING_SCENES = ("park", "metro", "street_traffic", "shopping_mall")  # the long recording, in this order
+STREAM_LINES_SHOWN = 4  # predictions of the stream printed at the top and at the end
 
 
 def _step(title: str, args: list[str]) -> float:
@@ -25,26 +35,108 @@ def _step(title: str, args: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def _read_stream(path: Path) -> list[tuple[float, float, str, float, str]]:
+    """asc-stream's text output: (start s, end s, label, top probability, flags) per prediction."""
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        start, end, label, top, flags = line.split("\t")
+        rows.append((float(start), float(end), label, float(top), flags))
+    return rows
+
+
+def stream_lines(path: Path, scenes: Sequence[str], seconds_per_scene: float) -> list[str]:
+    """A few predictions of the stream and how often its label is the scene being played, over
+    the windows that lie within one scene."""
+    rows = _read_stream(path)
+    if not rows:
+        return ["stream: no prediction (the recording is shorter than one window)"]
+    shown = rows if len(rows) <= 2 * STREAM_LINES_SHOWN else [*rows[:STREAM_LINES_SHOWN], None, *rows[-STREAM_LINES_SHOWN:]]
+    lines = ["  start s    end s  label               prob  flags"]
+    lines += ["  ..." if r is None else f"  {r[0]:7.2f}  {r[1]:7.2f}  {r[2]:<18} {r[3]:.3f}  {r[4]}" for r in shown]
+    inside = [(scenes[int(r[0] // seconds_per_scene)], r[2]) for r in rows if int(r[0] // seconds_per_scene) == int((r[1] - 1e-6) // seconds_per_scene)]
+    right = sum(truth == label for truth, label in inside)
+    lines.append(f"  {len(rows)} predictions; of the {len(inside)} windows within one scene, {right} name the scene being played")
+    return lines
+
+
+def summary_lines(report: dict, models: Path, stream: list[str], report_path: Path) -> list[str]:
+    """The main job's summary: the calibration table with what TTA and T bought, parity and
+    size of every backend, the stream, and where the report is."""
+    from asc_deploy.bench.calibration import terminal_lines
+    from asc_deploy.bench.report import terminal_table
+
+    lines = [f"data: {report['data']} ({report['split']} split, {report['clips']} clips); TTA passes: {report['nb_aug']}"]
+    calibration = report.get("calibration")
+    if calibration:
+        rows = {r["model"]: r for r in calibration["rows"]}
+        lines += ["", f"calibration per unit of compute ({calibration['method']} scaling fitted on {calibration['fitted_on']}):",
+                  *terminal_lines(calibration["rows"]), "", *_claims(rows, report["nb_aug"])]
+    ok = [r for r in report["runs"] if r["status"] != "skipped"]
+    lines += ["", f"every backend that ran here, against the torch reference (the trained model) on the same clips and stripes:",
+              terminal_table(ok), "", "files:"]
+    lines += [f"  {p.name:<32} {p.stat().st_size / 1024:8.1f} KiB" for p in sorted(models.iterdir()) if p.is_file()]
+    lines += ["", "stream:", *stream, "", f"report: {report_path}"]
+    return lines
+
+
+def _claims(rows: dict[str, dict], nb_aug: int) -> list[str]:
+    """What the table shows about SP4ASC's claims, in words, with the numbers."""
+    single, scaled = rows["single pass"], rows["single pass + T"]
+    tta, tta_scaled = rows.get(f"TTA-{nb_aug}"), rows.get(f"TTA-{nb_aug} + T")
+    if tta is None:
+        return [f"single pass + T: log loss {single['logloss']:.4f} -> {scaled['logloss']:.4f}, ECE {single['ece']:.4f} -> {scaled['ece']:.4f}"]
+    gain = single["logloss"] - tta["logloss"]
+    lines = [f"TTA-{nb_aug} against a single pass: log loss {single['logloss']:.4f} -> {tta['logloss']:.4f} ({-gain:+.4f}), "
+             f"ECE {single['ece']:.4f} -> {tta['ece']:.4f}, accuracy {100 * single['accuracy']:.2f} % -> {100 * tta['accuracy']:.2f} %, "
+             f"at {nb_aug}x the CNN passes"]
+    if gain > 0:
+        share = (single["logloss"] - scaled["logloss"]) / gain
+        lines.append(f"single pass + T: log loss {scaled['logloss']:.4f}, ECE {scaled['ece']:.4f}: {100 * share:.0f} % of TTA-{nb_aug}'s "
+                     f"log-loss gain at 1/{nb_aug} of its compute")
+    else:
+        lines.append(f"TTA-{nb_aug} did not lower the log loss of this model (single pass + T: {scaled['logloss']:.4f})")
+    if tta_scaled is not None:
+        lines.append(f"TTA-{nb_aug} + T: log loss {tta_scaled['logloss']:.4f}, ECE {tta_scaled['ece']:.4f}")
+    return lines
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--nb-aug", default=30, show_default=True)
-def main(out: Path, nb_aug: int) -> None:
-    """Run the whole path on the synthetic demo set into OUT."""
+@click.option("--nb-aug", default=30, show_default=True, type=click.IntRange(min=1), help="TTA passes of calibration and benchmark.")
+@click.option("--config", default="demo", show_default=True, help="asc-train config (needs a calibration hold-out).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the config's epochs.")
+@click.option("--clips-per-class-device", default=3, show_default=True, type=click.IntRange(min=1), help="asc-synth's data set size.")
+@click.option("--seconds", default=3.0, show_default=True, help="asc-synth's clip length.")
+@click.option("--scene-seconds", default=15.0, show_default=True, help="Seconds of each scene in the long recording.")
+def main(out: Path, nb_aug: int, config: str, epochs: int | None, clips_per_class_device: int, seconds: float, scene_seconds: float) -> None:
+    """Run the whole path on the synthetic demo set into OUT and summarise it."""
     start = time.perf_counter()
     data, train, models, report = out / "data", out / "train", out / "models", out / "report"
+    recording, stream_out = out / "recording.wav", out / "stream.tsv"
+    calibrated, fp32 = models / "demo.pth", models / "demo.fp32.onnx"
+    synth = ["--clips-per-class-device", str(clips_per_class_device), "--seconds", str(seconds)]
     steps = [
-        ("synthetic data set", ["asc_deploy.train.synth", str(data)]),
-        ("train the demo config", ["asc_deploy.train.cli", "--config", "demo", "--data", str(data), "--out", str(train)]),
-        ("export ONNX fp32", ["asc_deploy.export.cli", "--checkpoint", str(train / "best.pth"), "-o", str(models / "demo.fp32.onnx")]),
-        ("export ONNX fp16", ["asc_deploy.export.cli", "--checkpoint", str(train / "best.pth"), "--fp16", "-o", str(models / "demo.fp16.onnx")]),
+        ("synthetic data set", ["asc_deploy.train.synth", str(data), *synth]),
+        ("one long synthetic recording", ["asc_deploy.train.synth", str(recording), "--recording", ",".join(RECORDING_SCENES),
+                                          "--seconds", str(scene_seconds), "--device", "s4"]),
+        ("train the demo recipe", ["asc_deploy.train.cli", "--config", config, "--data", str(data), "--out", str(train),
+                                   *(["--epochs", str(epochs)] if epochs else [])]),
+        (f"calibrate (single pass and TTA-{nb_aug}) on the held-out clips",
+         ["asc_deploy.train.calibrate_cli", "--model", str(train / "last.pth"), "--data", str(data), "--nb-aug", str(nb_aug), "-o", str(calibrated)]),
+        ("export ONNX fp32 and the streaming graphs", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--stream", "-o", str(fp32)]),
+        ("export ONNX fp16", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--fp16", "-o", str(models / "demo.fp16.onnx")]),
         (f"benchmark every backend with {nb_aug} TTA passes",
-         ["asc_deploy.bench.cli", "--model", str(train / "best.pth"), "--data", str(data), "--nb-aug", str(nb_aug), "--report", str(report)]),
+         ["asc_deploy.bench.cli", "--model", str(calibrated), "--data", str(data), "--nb-aug", str(nb_aug), "--report", str(report)]),
+        ("stream the long recording", ["asc_deploy.stream_cli", "--model", str(fp32), str(recording), "-o", str(stream_out)]),
     ]
     timings = {title: _step(title, args) for title, args in steps}
-    click.echo("\n== main job timings", err=True)
-    for title, seconds in timings.items():
-        click.echo(f"  {title:<45} {seconds:7.1f} s", err=True)
-    click.echo(f"  {'total':<45} {time.perf_counter() - start:7.1f} s; report: {report / 'report.md'}", err=True)
+    stream = stream_lines(stream_out, RECORDING_SCENES, scene_seconds)
+    lines = summary_lines(json.loads((report / "report.json").read_text()), models, stream, report / "report.md")
+    click.echo("\n== summary\n" + "\n".join(lines))
+    click.echo("\ntimings:")
+    for title, seconds_taken in timings.items():
+        click.echo(f"  {title:<55} {seconds_taken:7.1f} s")
+    click.echo(f"  {'total':<55} {time.perf_counter() - start:7.1f} s")
 
 
 if __name__ == "__main__":

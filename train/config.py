@@ -1,8 +1,8 @@
 """Training configurations: YAML data files validated into a frozen :class:`TrainConfig`.
 
 Built-in configs live in ``configs/`` beside this module (``ce``, ``mixup``, ``focal``: the
-SP4ASC recipes for 10 s clips; ``demo``: sized for the synthetic data set on a laptop CPU;
-``demo-calibrate``: the same with SpecAugment and a calibration hold-out).
+SP4ASC recipes for 10 s clips; ``demo``: the ce recipe sized for the synthetic data set on a
+laptop CPU, with SpecAugment and a calibration hold-out).
 Files are parsed with ``yaml.safe_load`` (data only, no tags that build objects) and every key
 is checked: an unknown or missing key, or a value of the wrong type or range, raises
 :class:`AscError` naming the file. Only ``holdout`` may be left out (0: train on the whole split).
@@ -17,7 +17,7 @@ from typing import Any
 from asc_deploy.errors import AscError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-BUILTIN_CONFIGS: tuple[str, ...] = ("ce", "demo", "demo-calibrate", "focal", "mixup")
+BUILTIN_CONFIGS: tuple[str, ...] = ("ce", "demo", "focal", "mixup")
 LOSSES: tuple[str, ...] = ("ce", "focal")
 
 

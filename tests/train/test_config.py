@@ -96,7 +96,7 @@ def test_unknown_name() -> None:
 
 
 def test_holdout_is_optional_and_checked(tmp_path: Path) -> None:
-    assert load_config("ce").holdout == 0.0 and load_config("demo-calibrate").holdout == 0.2
+    assert load_config("ce").holdout == 0.0 and load_config("demo").holdout == 0.2
     assert load_config(write(tmp_path, holdout=0.25)).holdout == 0.25
     for bad in (1, -0.1, "0.2", True):
         with pytest.raises(AscError, match=r"holdout: must be a number in \[0, 1\)"):

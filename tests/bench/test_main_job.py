@@ -1,0 +1,41 @@
+"""The main job's summary: read back from the stream's output and asc-bench's report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asc_deploy.bench.main_job import _claims, stream_lines
+
+
+def test_stream_lines_count_the_windows_within_one_scene(tmp_path: Path) -> None:
+    rows = [(0.0, 1.0, "bus"), (0.0, 10.0, "park"), (4.0, 14.0, "park"), (12.0, 22.0, "metro"), (14.0, 24.0, "bus")]
+    path = tmp_path / "stream.tsv"
+    path.write_text("start\tend\tlabel\tprob\tflags\n" + "".join(f"{s:.3f}\t{e:.3f}\t{label}\t0.5000\t-\n" for s, e, label in rows))
+    lines = stream_lines(path, ["park", "metro"], 12.0)
+    # within one scene: [0, 1] and [0, 10] (park), [12, 22] and [14, 24] (metro); [4, 14] crosses from park to metro
+    assert lines[-1] == "  5 predictions; of the 4 windows within one scene, 2 name the scene being played"
+    assert lines[1].split() == ["0.00", "1.00", "bus", "0.500", "-"] and len(lines) == 1 + 5 + 1
+
+
+def test_stream_lines_elide_the_middle_of_a_long_stream(tmp_path: Path) -> None:
+    path = tmp_path / "stream.tsv"
+    path.write_text("start\tend\tlabel\tprob\tflags\n" + "".join(f"{s}.000\t{s + 10}.000\tpark\t0.9000\t-\n" for s in range(20)))
+    lines = stream_lines(path, ["park"] * 3, 10.0)
+    assert lines.count("  ...") == 1 and len(lines) == 1 + 4 + 1 + 4 + 1
+    assert lines[-1] == "  20 predictions; of the 2 windows within one scene, 2 name the scene being played"  # [0, 10], [10, 20]
+
+
+def _row(model: str, logloss: float, ece: float, accuracy: float) -> dict:
+    return {"model": model, "logloss": logloss, "ece": ece, "accuracy": accuracy}
+
+
+def test_claims_state_the_tta_gain_and_the_share_of_it_that_t_gets() -> None:
+    rows = {r["model"]: r for r in [_row("single pass", 1.0, 0.10, 0.6), _row("single pass + T", 0.95, 0.05, 0.6),
+                                     _row("TTA-30", 0.9, 0.04, 0.62), _row("TTA-30 + T", 0.88, 0.03, 0.62)]}
+    lines = _claims(rows, 30)
+    assert lines[0] == ("TTA-30 against a single pass: log loss 1.0000 -> 0.9000 (-0.1000), ECE 0.1000 -> 0.0400, "
+                        "accuracy 60.00 % -> 62.00 %, at 30x the CNN passes")
+    assert lines[1] == "single pass + T: log loss 0.9500, ECE 0.0500: 50 % of TTA-30's log-loss gain at 1/30 of its compute"
+    assert lines[2] == "TTA-30 + T: log loss 0.8800, ECE 0.0300"
+    rows["TTA-30"] = _row("TTA-30", 1.1, 0.2, 0.6)
+    assert _claims(rows, 30)[1] == "TTA-30 did not lower the log loss of this model (single pass + T: 0.9500)"

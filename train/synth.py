@@ -29,8 +29,12 @@ seeded by (seed, location, segment, device): the same arguments give the same by
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
 import json
+import os
+import signal
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -463,13 +467,13 @@ def _write_segment(out: Path, n: int, seed: int, resume: bool, seg: Segment) -> 
             sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
-def _progress(segments: list[Segment], show: bool) -> Iterator[Segment]:
-    """The segments, behind a progress bar on stderr if ``show``."""
+def _progress(done: Iterator[None], total: int, show: bool) -> None:
+    """Run ``done`` (one item per segment written) to its end, behind a progress bar on stderr if ``show``."""
     if not show:
-        yield from segments
+        collections.deque(done, maxlen=0)
         return
-    with click.progressbar(segments, label="Recording scenes", file=sys.stderr) as bar:
-        yield from bar
+    with click.progressbar(done, length=total, label="Recording scenes", file=sys.stderr) as bar:
+        collections.deque(bar, maxlen=0)
 
 
 def make_dataset(
@@ -487,7 +491,7 @@ def make_dataset(
     clips); training has 10 n clips per class from device a and n from each of b, c, s1-s3
     (150 n clips). ``seconds``: clip length (samples = round(seconds * 44100)). Audio files
     already there from an interrupted run with the same arguments are kept (writes are atomic).
-    ``progress``: a progress bar on stderr.
+    Segments are rendered in one process per core. ``progress``: a progress bar on stderr.
     """
     if clips_per_class_device < 1:
         raise AscError(f"clips per class and device must be at least 1, got {clips_per_class_device}")
@@ -499,8 +503,16 @@ def make_dataset(
     with atomic_open(out / MANIFEST, "w", encoding="utf-8") as f:
         f.write(json.dumps(manifest, indent=2) + "\n")
     segments = plan(clips_per_class_device, seed)
-    for seg in _progress(segments, progress):
-        _write_segment(out, round(seconds * SAMPLE_RATE), seed, resume, seg)
+    write = functools.partial(_write_segment, out, round(seconds * SAMPLE_RATE), seed, resume)
+    workers = min(len(segments), os.cpu_count() or 1)
+    if workers == 1:
+        _progress(map(write, segments), len(segments), progress)
+    else:  # every segment has its own seeded generators: the same bytes in any order
+        pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+        try:  # Ctrl-C reaches this process only: the segments not started are dropped, the workers finish their file
+            _progress(pool.map(write, segments, chunksize=4), len(segments), progress)
+        finally:
+            pool.shutdown(cancel_futures=True)
     clips = sorted((seg.filename(device), seg, device) for seg in segments for device in seg.devices)
     _write_table(
         out / "meta.csv",

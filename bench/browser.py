@@ -224,3 +224,56 @@ def measure(model: Path, clip: Path, iterations: int = 5, rounds: int = 2,
                 row.probs.append(out["runs"][0]["probs"])
                 row.threads, row.isolated, row.workers, row.page = out["threads"], out["isolated"], out["workers"], out
     return BrowserBench(model, rows, np.asarray(native_probs, dtype=np.float64))
+
+
+def max_prob_diff(bench: BrowserBench) -> float:
+    """Largest |page - native| probability over every page load of every page row."""
+    return max(float(np.abs(np.asarray(r.probs) - bench.native_probs).max()) for r in bench.rows if r.probs)
+
+
+def write_report(out: Path, benches: list[BrowserBench]) -> Path:
+    """Every table's rows (ms per clip per round, threads, first clip, warm-up) as JSON, atomically."""
+    from asc_deploy.atomic import atomic_open
+
+    report = [{"model": str(b.model), "max_prob_diff": max_prob_diff(b), "table": b.table(),
+               "rows": [{"name": r.name, "threads": r.threads, "isolated": r.isolated, "workers": r.workers, "ms_rounds": r.rounds,
+                         "median_ms": r.median, "spread": r.spread, "first_ms": r.first_ms, "warmup_ms": r.warmup_ms}
+                        for r in b.rows]} for b in benches]
+    with atomic_open(out) as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
+    return out
+
+
+def run_cli(model: Path, schedules: list[str], iterations: int, rounds: int, report_dir: Path,
+            echo: Callable[[str], None], progress: Callable[[str], None]) -> Path:
+    """``asc-bench --browser``: a checkpoint MODEL is exported (fp32, single pass) with each of
+    ``schedules``, an ONNX file is measured as it is; on a synthetic 10 s clip. Prints one table per
+    graph and writes ``report_dir/browser.json``."""
+    import soundfile as sf
+
+    from asc_deploy.bench.perf import make_clips
+    from asc_deploy.labels import SAMPLE_RATE
+    from asc_deploy.runtime import read_model_metadata
+
+    reason = missing()
+    if reason:
+        raise AscError(f"the browser benchmark cannot run here: {reason}")
+    if model.suffix.lower() == ".onnx":
+        if read_model_metadata(model).variant != "single":
+            raise AscError("the page runs the single-pass variant (export without --tta)", model)
+        models = [model]
+    else:
+        from asc_deploy.export.onnx_export import export_onnx
+
+        models = [export_onnx(model, report_dir / "models" / f"browser.fp32.{s}.onnx", "fp32", False, s) for s in schedules]
+    clip = report_dir / "browser-clip.wav"
+    sf.write(clip, make_clips(1, 10.0, seed=0)[0], SAMPLE_RATE, subtype="FLOAT")
+    benches = []
+    for path in models:
+        bench = measure(path, clip, iterations, rounds, progress)
+        benches.append(bench)
+        for line in bench.table():
+            echo(line)
+        echo(f"probabilities: largest |page - native| {max_prob_diff(bench):.1e}\n")
+    return write_report(report_dir / "browser.json", benches)

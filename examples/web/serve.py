@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     httpd = make_server(HERE, args.port, args.bind, not args.no_isolation)
     print(f"serving {HERE} at http://{args.bind}:{httpd.server_address[1]}/ "
-          f"({'cross-origin isolated' if not args.no_isolation else 'NOT cross-origin isolated: one thread'}); Ctrl-C stops")
+          f"({'cross-origin isolated' if not args.no_isolation else 'NOT cross-origin isolated: one thread'}); Ctrl-C stops", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

@@ -151,7 +151,7 @@ class BrowserBench:
 
     def table(self) -> list[str]:
         """The printed table: per 10 s clip, each row against onnxruntime native on 1 thread."""
-        base = self.row(_native_name(1)).median
+        base = self.row(native_name(1)).median
         lines = [f"browser benchmark: {self.model.name}, one 10 s clip per call, ms per clip "
                  f"({len(self.rows[0].rounds)} rounds, ratio: median / native 1 thread's median)",
                  f"{'row':36s} {'threads':>7s} {'median':>8s} {'first':>8s} {'warm-up':>8s} {'spread':>7s} {'ratio':>6s}"]
@@ -162,7 +162,7 @@ class BrowserBench:
         return lines
 
 
-def _native_name(threads: int) -> str:
+def native_name(threads: int) -> str:
     return f"onnxruntime native, {threads} thread{'s' if threads > 1 else ''}"
 
 
@@ -205,7 +205,7 @@ def measure(model: Path, clip: Path, iterations: int = 5, rounds: int = 2,
     timers, native_probs = {}, None
     for threads in NATIVE_THREADS:
         timers[threads], native_probs = _native_timer(model, waveform, threads)
-    rows = [Row(_native_name(t), threads=t) for t in NATIVE_THREADS] + [Row(c.name) for c in PAGE_CONFIGS]
+    rows = [Row(native_name(t), threads=t) for t in NATIVE_THREADS] + [Row(c.name) for c in PAGE_CONFIGS]
     with tempfile.TemporaryDirectory(prefix="asc-browser-") as tmp, contextlib.ExitStack() as stack:
         urls = {isolate: stack.enter_context(serve({"/models/bench.onnx": model}, isolate)) for isolate in (True, False)}
         for k in range(rounds):

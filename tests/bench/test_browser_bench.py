@@ -19,7 +19,7 @@ def test_browser_cli_prints_every_row(random_model, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "BROWSER_ROUNDS", 1)  # one page load per row: a smoke test
     result = CliRunner().invoke(main, ["--browser", "--model", str(random_model), "--iterations", "2", "--report", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    names = [browser._native_name(t) for t in browser.NATIVE_THREADS] + [c.name for c in browser.PAGE_CONFIGS]
+    names = [browser.native_name(t) for t in browser.NATIVE_THREADS] + [c.name for c in browser.PAGE_CONFIGS]
     table = [line for line in result.output.splitlines() if line.startswith(tuple(names))]
     assert [line[:36].rstrip() for line in table] == names, result.output
     [report] = json.loads((tmp_path / "browser.json").read_text())

@@ -118,7 +118,7 @@ def test_browser_benchmark(exported, reference, tmp_path):
     sf.write(clip, 0.5 * reference["wave/03_vehicle"] + 0.5 * reference["wave/04_birds"], SAMPLE_RATE, subtype="FLOAT")
     bench = browser.measure(model, clip, iterations=2, rounds=1)
     print("\n" + "\n".join(bench.table()))
-    assert [r.name for r in bench.rows] == [browser._native_name(t) for t in browser.NATIVE_THREADS] + [c.name for c in browser.PAGE_CONFIGS]
+    assert [r.name for r in bench.rows] == [browser.native_name(t) for t in browser.NATIVE_THREADS] + [c.name for c in browser.PAGE_CONFIGS]
     assert all(len(r.rounds) == 1 and len(r.rounds[0]) == 2 and min(r.rounds[0]) > 0 for r in bench.rows)
     threaded, one, plain = (bench.row(c.name) for c in browser.PAGE_CONFIGS)
     assert (threaded.isolated, threaded.threads) == (True, DEFAULT_THREADS) and threaded.workers >= DEFAULT_THREADS - 1

@@ -23,6 +23,7 @@ from asc_deploy.ort_runner import SessionConfig
 from asc_deploy.runtime import read_model_metadata
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+BROWSER_ROUNDS = 3  # --browser: page loads per row, round-robin
 SYNTH_DEFAULTS = {"clips_per_class_device": 3, "seconds": 3.0, "seed": 0}  # the embedded default data set
 
 
@@ -305,6 +306,19 @@ def _perf(model: Path, data: Path | None, precisions: list[str] | None, nb_aug: 
     click.echo(f"report: {perf.write_report(report_dir / 'perf.json', run)}")
 
 
+def _browser(model: Path, report_dir: Path, iterations: int, schedule: str | None) -> None:
+    """``--browser``: :func:`asc_deploy.bench.browser.run_cli`. Exits 1 with one line on a user error."""
+    from asc_deploy.bench import browser
+
+    try:
+        report = browser.run_cli(model, [schedule] if schedule else ["gpu", "cpu"], iterations, BROWSER_ROUNDS, report_dir,
+                                 click.echo, lambda m: click.echo(f"asc-bench --browser: {m}", err=True))
+    except (AscError, ValueError) as err:
+        click.echo(f"asc-bench --browser: error: {err}", err=True)
+        sys.exit(1)
+    click.echo(f"report: {report}")
+
+
 def _csv_list(_ctx, _param, value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -327,7 +341,11 @@ def _csv_list(_ctx, _param, value: str) -> list[str]:
               "precision (default fp32,fp16,int8), single pass and TTA (--nb-aug passes), at batch 1 and 16 (or --batch-size), "
               "with speed-ups and the distance to the compute floor measured in the same run. MODEL must be a checkpoint; "
               "--data calibrates int8 (python -m asc_deploy.bench.perf has every knob).")
-@click.option("--iterations", default=20, show_default=True, help="--perf: timed calls per row, after warm-up.")
+@click.option("--browser", is_flag=True, help="Browser mode instead: examples/web (onnxruntime-web, wasm) in headless Chromium "
+              "against onnxruntime native on 1 and 2 threads, one 10 s clip per call; a checkpoint MODEL is exported with "
+              "--schedule, or with both schedules when it is not given (needs a checkout with .ci/install-browser done).")
+@click.option("--iterations", default=20, show_default=True, help="--perf: timed calls per row, after warm-up; --browser: "
+              "clips per page load.")
 @click.option("--calibrate", "calibrate_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Calibrate the checkpoint MODEL first on the held-out clips of this data set (asc-calibrate with --nb-aug) "
                    "and benchmark the calibrated model; a calibrated checkpoint needs no --calibrate.")
@@ -336,7 +354,7 @@ def _csv_list(_ctx, _param, value: str) -> list[str]:
 @click.pass_context
 def main(ctx: click.Context, model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int,
          batch_size: int | None, seed: int, report_dir: Path, tolerance: tuple[str, ...], threads: int, reference: Path | None,
-         perf: bool, iterations: int, schedule: str | None, calibrate_dir: Path | None) -> None:
+         perf: bool, browser: bool, iterations: int, schedule: str | None, calibrate_dir: Path | None) -> None:
     """Benchmark MODEL on every backend available here; print the table, write the report."""
     try:
         require_extras("asc-bench", "bench", "train")  # train: the torch reference and the data set reader
@@ -345,6 +363,9 @@ def main(ctx: click.Context, model: Path, data: Path | None, split: str, backend
         sys.exit(1)
     from asc_deploy.bench.report import terminal_table
 
+    if browser:
+        _browser(model, report_dir, iterations, schedule)
+        return
     if perf:
         explicit = ctx.get_parameter_source("precisions") is click.core.ParameterSource.COMMANDLINE
         _perf(model, data, precisions if explicit else None, nb_aug, batch_size, seed, report_dir, threads, iterations,

@@ -9,6 +9,7 @@
 
 const MIN_SECONDS = 1; // the runtime refuses shorter clips (asc_deploy.labels.MIN_SECONDS)
 const ORT_DIST = "node_modules/onnxruntime-web/dist/";
+const MAX_THREADS = 4; // wasm threads at most (onnxruntime-web's own default cap)
 
 const $ = (id) => document.getElementById(id);
 const app = $("app");
@@ -56,6 +57,15 @@ function readOnnxMetadata(bytes) {
 
 // ---- model ---------------------------------------------------------------------------------
 
+// WebAssembly threads: every core (at most MAX_THREADS, or ?threads=N) when the page is cross-origin
+// isolated (COOP/COEP headers: SharedArrayBuffer), else 1. onnxruntime-web's own default is half
+// the cores, which is 1 thread on a 2-core machine.
+function wasmThreads() {
+  if (!self.crossOriginIsolated) return 1;
+  const asked = Number(new URLSearchParams(location.search).get("threads"));
+  return Number.isInteger(asked) && asked > 0 ? asked : Math.min(MAX_THREADS, navigator.hardwareConcurrency || 1);
+}
+
 async function loadModel(url) {
   const response = await fetch(url);
   if (!response.ok) throw new Error(`cannot load model ${url}: HTTP ${response.status}`);
@@ -64,8 +74,9 @@ async function loadModel(url) {
   if (!meta.labels || !meta.sample_rate) throw new Error(`${url} is not an asc-deploy model (no labels/sample_rate metadata)`);
   if (meta.variant !== "single") throw new Error(`${url}: the ${meta.variant} variant needs extra inputs; export the single variant`);
   ort.env.wasm.wasmPaths = new URL(ORT_DIST, location.href).href; // absolute: ort import()s the .mjs glue
+  ort.env.wasm.numThreads = wasmThreads(); // read before the first session: fixed for the page's life
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
-  return {
+  const model = {
     session,
     labels: JSON.parse(meta.labels),
     sampleRate: Number(meta.sample_rate),
@@ -73,7 +84,20 @@ async function loadModel(url) {
     precision: meta.precision,
     // calibrated models divide the logits by it in the graph, so the probabilities shown are calibrated
     temperature: meta.temperature ?? "1.0",
+    threads: ort.env.wasm.numThreads, // what onnxruntime-web started (it falls back to 1 without isolation)
   };
+  // Warm-up: one inference on a silent full window before the first clip. The first run of a session
+  // pays for compiling and allocating (here 3-4x a later run); the user's first clip should not.
+  const t0 = performance.now();
+  const silence = new Float32Array(Math.round(model.clipSeconds * model.sampleRate));
+  await session.run({ waveform: new ort.Tensor("float32", silence, [1, silence.length]) });
+  model.warmupMs = performance.now() - t0;
+  return model;
+}
+
+// How the model runs, for the UI: "wasm SIMD, 2 threads, fp32".
+function backendLabel(model) {
+  return `wasm SIMD, ${model.threads} thread${model.threads > 1 ? "s" : ""}, ${model.precision}`;
 }
 
 // ---- audio ---------------------------------------------------------------------------------
@@ -262,7 +286,7 @@ function showHop(model, hop) {
     badge.textContent = flag.replace("_", " ");
     return badge;
   }));
-  $("listen-info").textContent = `window ${hop.start.toFixed(2)}-${hop.end.toFixed(2)} s · inference ${hop.inferMs.toFixed(0)} ms (wasm, ${model.precision})`;
+  $("listen-info").textContent = `window ${hop.start.toFixed(2)}-${hop.end.toFixed(2)} s · inference ${hop.inferMs.toFixed(0)} ms (${backendLabel(model)})`;
   const row = document.createElement("tr");
   [`${hop.start.toFixed(1)}-${hop.end.toFixed(1)} s`, hop.label.replaceAll("_", " "), `${(100 * hop.prob).toFixed(1)} %`,
     hop.flags.join(", ") || "-"].forEach((text) => {
@@ -331,7 +355,7 @@ function showResult(model, name, seconds, result) {
     return row;
   }));
   const shownMs = performance.now();
-  $("timing").textContent = `inference ${result.inferMs.toFixed(1)} ms (wasm, ${model.precision}${model.temperature !== "1.0" ? `, calibrated T = ${model.temperature}` : ""}) · model ready ${app.dataset.loadMs} ms after page start`;
+  $("timing").textContent = `inference ${result.inferMs.toFixed(1)} ms (${backendLabel(model)}${model.temperature !== "1.0" ? `, calibrated T = ${model.temperature}` : ""}) · model ready ${app.dataset.loadMs} ms after page start`;
   const section = $("result");
   Object.assign(section.dataset, {
     probs: JSON.stringify(result.probs),
@@ -369,7 +393,11 @@ function main() {
   const modelReady = loadModel(modelUrl);
   modelReady.then((model) => {
     app.dataset.loadMs = performance.now().toFixed(1);
-    $("model-status").textContent = `Model ${modelUrl}: ${model.labels.length} scenes, ${model.sampleRate} Hz, ready in ${app.dataset.loadMs} ms`;
+    Object.assign(app.dataset, { threads: String(model.threads), isolated: String(self.crossOriginIsolated),
+      warmupMs: model.warmupMs.toFixed(1) });
+    $("model-status").textContent = `Model ${modelUrl}: ${model.labels.length} scenes, ${model.sampleRate} Hz, ready in `
+      + `${app.dataset.loadMs} ms (warm-up inference ${model.warmupMs.toFixed(0)} ms, ${backendLabel(model)})`;
+    $("threads-note").hidden = self.crossOriginIsolated;
     $("file").disabled = false;
     app.dataset.state = "ready";
   }, (err) => {

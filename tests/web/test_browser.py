@@ -1,23 +1,19 @@
 """examples/web in headless Chromium: the page's probabilities equal onnxruntime CPU's.
 
-Serves examples/web and an exported model from a local http.server thread, drives Chromium with
-tests/web/browser_check.mjs (playwright-core from examples/web/node_modules) and compares what
-the page shows with onnxruntime on the same waveform. Setup: ``.ci/install-browser``.
+Serves examples/web (examples/web/serve.py: cross-origin isolated, so onnxruntime-web runs on
+threads) and an exported model from a local thread, drives Chromium with bench/web_page.mjs
+(playwright-core from examples/web/node_modules) and compares what the page shows with onnxruntime
+on the same waveform. The browser benchmark (:mod:`asc_deploy.bench.browser`) runs here too, as a
+printed comparison with onnxruntime native, not a timed assertion. Setup: ``.ci/install-browser``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
+import os
 import subprocess
 import sys
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
-from urllib.parse import urlsplit
 
 import numpy as np
 import onnx
@@ -26,62 +22,22 @@ import pytest
 import soundfile as sf
 
 from asc_deploy.audio import iter_windows
-from tests.shared_data import REPO
+from asc_deploy.bench import browser
+from asc_deploy.bench.browser import serve
 
-WEB = REPO / "examples" / "web"
-SCRIPT = Path(__file__).with_name("browser_check.mjs")
+SCRIPT = browser.DRIVER
 LISTEN_SCRIPT = Path(__file__).with_name("listen_check.mjs")
-CHROMIUM = Path("/usr/bin/chromium")
-NODE = shutil.which("node")
+NODE = "node"
 SAMPLE_RATE = 44_100
+DEFAULT_THREADS = min(4, os.cpu_count() or 1)  # what the page starts when cross-origin isolated (app.js MAX_THREADS)
 
-
-def _missing() -> str | None:
-    if not CHROMIUM.is_file():
-        return f"{CHROMIUM} is missing (run .ci/install-browser)"
-    if NODE is None:
-        return "node is not on PATH"
-    for package in ("onnxruntime-web", "playwright-core"):
-        if not (WEB / "node_modules" / package / "package.json").is_file():
-            return f"examples/web/node_modules/{package} is missing (run .ci/install-browser)"
-    return None
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=_missing() or "")]
-
-
-class _Handler(SimpleHTTPRequestHandler):
-    """Static files of examples/web, plus ``extra`` URL paths mapped to files elsewhere."""
-
-    extra: ClassVar[dict[str, Path]] = {}
-    extensions_map: ClassVar[dict[str, str]] = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".wasm": "application/wasm"}
-
-    def translate_path(self, path: str) -> str:
-        url_path = urlsplit(path).path
-        return str(self.extra[url_path]) if url_path in self.extra else super().translate_path(path)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _serve(model: Path):
-    """examples/web over HTTP on a free port, with ``model`` at /models/asc.onnx; yields the base URL."""
-    handler = type("Handler", (_Handler,), {"extra": {"/models/asc.onnx": model}})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(WEB)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(browser.missing() is not None, reason=browser.missing() or "")]
 
 
 @pytest.fixture
 def server(exported):
     model = exported()
-    with _serve(model) as url:
+    with serve({"/models/asc.onnx": model}) as url:
         yield url, model
 
 
@@ -105,6 +61,9 @@ def test_page_matches_onnxruntime(server, reference, tmp_path):
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["pageState"] == "ready", out
+    # Cross-origin isolated: onnxruntime-web started one wasm thread per core (workers: all but the calling one).
+    assert out["isolated"] and out["threads"] == DEFAULT_THREADS and out["workers"] >= DEFAULT_THREADS - 1, out
+    assert not out["threadsNote"] and f"{DEFAULT_THREADS} thread" in out["status"] and out["warmupMs"] > 0, out
     done, done_long, too_short = out["runs"]
     assert done["state"] == "done" and done_long["state"] == "done", out
 
@@ -149,6 +108,30 @@ def test_missing_model_shows_error(server, tmp_path):
     assert out["pageState"] == "error" and "HTTP 404" in out["error"], out
 
 
+def test_browser_benchmark(exported, reference, tmp_path):
+    """The browser benchmark's every row on a 10 s clip, printed beside onnxruntime native on 1 and 2
+    threads (timings are printed, never asserted): the isolated page runs threaded, ?threads=1 on one
+    thread, the page served without COOP/COEP falls back to one thread and says so, and every page
+    row shows onnxruntime native's probabilities within 1e-4."""
+    model = exported()
+    clip = tmp_path / "scene.wav"
+    sf.write(clip, 0.5 * reference["wave/03_vehicle"] + 0.5 * reference["wave/04_birds"], SAMPLE_RATE, subtype="FLOAT")
+    bench = browser.measure(model, clip, iterations=2, rounds=1)
+    print("\n" + "\n".join(bench.table()))
+    assert [r.name for r in bench.rows] == [browser.native_name(t) for t in browser.NATIVE_THREADS] + [c.name for c in browser.PAGE_CONFIGS]
+    assert all(len(r.rounds) == 1 and len(r.rounds[0]) == 2 and min(r.rounds[0]) > 0 for r in bench.rows)
+    threaded, one, plain = (bench.row(c.name) for c in browser.PAGE_CONFIGS)
+    assert (threaded.isolated, threaded.threads) == (True, DEFAULT_THREADS) and threaded.workers >= DEFAULT_THREADS - 1
+    assert (one.isolated, one.threads, one.workers) == (True, 1, 0)
+    assert (plain.isolated, plain.threads, plain.workers) == (False, 1, 0)
+    assert plain.page["threadsNote"] and not threaded.page["threadsNote"] and "1 thread" in plain.page["status"]
+    assert sorted(bench.native_probs)[-2] > 0.1  # a split vote, not one-hot against one-hot
+    for row in (threaded, one, plain):
+        assert row.warmup_ms and row.first_ms
+        assert np.abs(np.asarray(row.probs) - bench.native_probs).max() <= 1e-4, (row.name, row.probs, bench.native_probs)
+        assert not [m for m in row.page["console"] if m.startswith(("error", "pageerror"))], row.page["console"]
+
+
 START_UP = SAMPLE_RATE // 10  # samples at the capture's start where Chromium's first buffers may not hold the file
 
 
@@ -184,7 +167,7 @@ def test_listen_mode_matches_asc_stream(stream_model, reference, tmp_path):
     wave = (0.5 * reference["wave/03_vehicle"] + 0.5 * reference["wave/04_birds"]).astype(np.float32)
     sf.write(wav, wave, SAMPLE_RATE, subtype="PCM_16")
     wave = sf.read(wav, dtype="float32")[0]  # as quantised to 16 bits
-    with _serve(model) as base_url:
+    with serve({"/models/asc.onnx": model}) as base_url:
         proc = subprocess.run([NODE, str(LISTEN_SCRIPT), f"{base_url}/index.html?model=models/asc.onnx&record=1", str(wav),
                                str(screenshot), "5", str(recording)], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr + proc.stdout

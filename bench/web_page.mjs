@@ -1,22 +1,26 @@
 // Drives headless Chromium through examples/web: load the page, choose each audio file in turn,
-// wait for the page to finish with it, read what it shows. Used by tests/web/test_browser.py.
+// wait for the page to finish with it, read what it shows. Used by asc_deploy.bench.browser (the
+// browser benchmark, asc-bench --browser) and tests/web/test_browser.py.
 //
-//   node browser_check.mjs URL SCREENSHOT.png AUDIO...
+//   node web_page.mjs URL SCREENSHOT.png AUDIO...
 //
-// Prints one JSON object: {pageState, loadMs, runs: [{state, error, probs, logits, labels, predicted,
-// inferMs, resultMs, wallMs}], console}. The screenshot is taken after the first file.
+// Prints one JSON object: {pageState, loadMs, warmupMs, threads, isolated, workers, threadsNote,
+// status, runs: [{state, error, probs, logits, labels, predicted, inferMs, resultMs, wallMs}],
+// console}. threads: what onnxruntime-web started; workers: the page's dedicated workers (its
+// wasm threads but the calling one); threadsNote: whether the "not cross-origin isolated" note is
+// shown. The screenshot is taken after the first file.
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const webDir = path.resolve(here, "../../examples/web");
+const webDir = path.resolve(here, "../examples/web");
 const { chromium } = createRequire(path.join(webDir, "package.json"))("playwright-core");
 
 const TIMEOUT_MS = 120_000;
 const [url, screenshot, ...files] = process.argv.slice(2);
 if (!url || !screenshot || !files.length) {
-  console.error("usage: node browser_check.mjs URL SCREENSHOT.png AUDIO...");
+  console.error("usage: node web_page.mjs URL SCREENSHOT.png AUDIO...");
   process.exit(2);
 }
 
@@ -34,7 +38,13 @@ try {
   await page.goto(url);
   await page.waitForSelector('#app[data-state="ready"], #app[data-state="error"]', { timeout: TIMEOUT_MS });
   const app = page.locator("#app");
-  const out = { pageState: await app.getAttribute("data-state"), loadMs: Number(await app.getAttribute("data-load-ms")), runs: [] };
+  const out = await page.evaluate(() => {
+    const data = document.getElementById("app").dataset;
+    return { pageState: data.state, loadMs: Number(data.loadMs), warmupMs: Number(data.warmupMs), threads: Number(data.threads),
+      isolated: data.isolated === "true", threadsNote: !document.getElementById("threads-note").hidden,
+      status: document.getElementById("model-status").textContent, runs: [] };
+  });
+  out.workers = page.workers().length;
   if (out.pageState === "ready") {
     for (const [i, file] of files.entries()) {
       const run = Number(await app.getAttribute("data-run"));

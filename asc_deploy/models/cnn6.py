@@ -25,9 +25,10 @@ class BlockForm(enum.Enum):
     CROSS: the two 1-D depthwise kernels assembled inside ``forward`` into one cross-shaped 3x3
     kernel with dilation 2 (:func:`cross_kernel`), one depthwise convolution; with one input
     channel (the first block) the 1x1 convolution, a per-channel scale, is folded into that
-    kernel too. Gradients reach the same parameters. On the CPU its backward pass is
+    kernel too. Gradients reach the same parameters. On the CPU its backward passes are
     :class:`CrossDepthwise`'s (oneDNN's own depthwise backward falls back to a GEMM path about
-    ten times slower than its forward). Same values up to float rounding (~1e-6 relative).
+    ten times slower than its forward) and :class:`ReluPool`'s. Same values up to float
+    rounding (~1e-6 relative).
     """
 
     SP4ASC = "sp4asc"
@@ -83,12 +84,45 @@ class CrossDepthwise(torch.autograd.Function):
         return grad_x, grad_time, grad_freq
 
 
+class ReluPool(torch.autograd.Function):
+    """ReLU then 2x2 average pooling (stride 2, odd trailing rows and columns dropped): x (batch,
+    channels, frames, bins) -> (batch, channels, frames // 2, bins // 2). The backward pass spreads
+    the output gradient over each 2x2 window by nearest upsampling, then one ``threshold_backward``:
+    two passes over the full-size map instead of torch's three (zero fill, pooling backward, ReLU
+    backward), about 1.8x faster on the first block's map."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        rectified = torch.relu(x)
+        ctx.save_for_backward(rectified)
+        return F.avg_pool2d(rectified, 2)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (rectified,) = ctx.saved_tensors
+        frames, bins = rectified.shape[2:]
+        rows, columns = grad.shape[2:]
+        spread = F.interpolate(0.25 * grad, scale_factor=2, mode="nearest")  # each window's share, (frames // 2 * 2, bins // 2 * 2)
+        spread = F.pad(spread, (0, bins - 2 * columns, 0, frames - 2 * rows))
+        return torch.ops.aten.threshold_backward(spread, rectified, 0)
+
+
+def _cpu_backward(*tensors: torch.Tensor) -> bool:
+    """True where a gradient of one of ``tensors`` (all on the CPU) will be computed."""
+    return tensors[0].device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def depthwise_cross(x: torch.Tensor, time_weight: torch.Tensor, freq_weight: torch.Tensor) -> torch.Tensor:
     """The CROSS form's depthwise convolution (see :class:`CrossDepthwise`): its own backward
     on the CPU where a gradient is needed, else one ``conv2d`` (cuDNN's backward is fast)."""
-    if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or time_weight.requires_grad or freq_weight.requires_grad):
+    if _cpu_backward(x, time_weight, freq_weight):
         return CrossDepthwise.apply(x, time_weight, freq_weight)
     return F.conv2d(x, cross_kernel(time_weight, freq_weight).to(x.dtype), padding=2, dilation=2, groups=x.shape[1])
+
+
+def relu_pool(x: torch.Tensor) -> torch.Tensor:
+    """``avg_pool2d(relu(x), 2)``; on the CPU, where a gradient is needed, :class:`ReluPool`'s."""
+    return ReluPool.apply(x) if _cpu_backward(x) else F.avg_pool2d(torch.relu(x), 2)
 
 
 class SeparableConvBlock(nn.Module):
@@ -106,8 +140,9 @@ class SeparableConvBlock(nn.Module):
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convolutions(x) if self.form is BlockForm.SP4ASC else self.cross_convolutions(x)
-        return self.pool(torch.relu(self.bn(x)))
+        if self.form is BlockForm.SP4ASC:
+            return self.pool(torch.relu(self.bn(self.convolutions(x))))
+        return relu_pool(self.bn(self.cross_convolutions(x)))
 
     def convolutions(self, x: torch.Tensor) -> torch.Tensor:
         """SP4ASC's form: (batch, in, frames, bins) -> (batch, out, frames, bins) before BatchNorm."""

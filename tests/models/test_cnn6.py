@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from asc_deploy.models import Cnn6, build_model, fold_batchnorm, load_checkpoint
-from asc_deploy.models.cnn6 import BlockForm, CrossDepthwise, cross_kernel
+from asc_deploy.models.cnn6 import BlockForm, CrossDepthwise, ReluPool, cross_kernel
 from asc_deploy.models.fold import count_parameters
 from tests.conftest import RANDOM_MODEL_SEED as RANDOM_SEED
 from tests.shared_data import TAGS, checkpoint_path, needs_shared
@@ -141,3 +141,13 @@ def test_cross_form_of_official_checkpoints_matches_reference(tag, reference):
 def test_every_block_form_has_sp4asc_state_dict():
     assert {k: v.shape for k, v in Cnn6(block_form=BlockForm.CROSS).state_dict().items()} == \
         {k: v.shape for k, v in Cnn6().state_dict().items()}
+
+
+def test_relu_pool_gradients_are_exact():
+    """:class:`ReluPool` against finite differences in float64, even and odd frames and bins (the
+    odd trailing row and column get no gradient, as in avg_pool2d)."""
+    generator = torch.Generator().manual_seed(3)
+    for frames, bins in [(4, 6), (5, 7)]:
+        x = torch.randn(2, 3, frames, bins, dtype=torch.float64, generator=generator).requires_grad_()
+        assert torch.autograd.gradcheck(ReluPool.apply, (x,))
+        assert torch.equal(ReluPool.apply(x), torch.nn.functional.avg_pool2d(torch.relu(x), 2))

@@ -150,10 +150,12 @@ def gemm_gflops(threads: int, sizes: Sequence[int] = (512, 1024, 2048), repeats:
     return best
 
 
-def work_flops(cnn_macs: int, samples: int, batch: int, passes: int, n_fft: int = N_FFT, mel_bins: int = MEL_BINS) -> float:
-    """The floor's flops for ``batch`` clips of ``samples`` samples with ``passes`` CNN passes each."""
-    frontend = num_frames(samples) * (5 * n_fft * math.log2(n_fft) + 2 * (n_fft // 2 + 1) * mel_bins)
-    return batch * (passes * 2 * cnn_macs + frontend)
+def work_flops(cnn_macs: int, samples: int, batch: int, passes: int, n_fft: int = N_FFT, mel_bins: int = MEL_BINS,
+               frontend: bool = True) -> float:
+    """The floor's flops for ``batch`` clips of ``samples`` samples with ``passes`` CNN passes each
+    (and, unless ``frontend`` is False, the frontend once per clip)."""
+    frontend_flops = num_frames(samples) * (5 * n_fft * math.log2(n_fft) + 2 * (n_fft // 2 + 1) * mel_bins) if frontend else 0.0
+    return batch * (passes * 2 * cnn_macs + frontend_flops)
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -173,25 +175,36 @@ def make_clips(batch: int, seconds: float, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- baseline
+def sp4asc_frontend():
+    """SP4ASC's frontend, torchlibrosa's conv-DFT ``Spectrogram`` then ``LogmelFilterBank`` (see
+    the module doc): waveform (batch, samples) -> log-mel (batch, 1, frames, mel_bins), an
+    eval-mode ``nn.Sequential``."""
+    from torch import nn
+    from torchlibrosa.stft import LogmelFilterBank, Spectrogram
+
+    return nn.Sequential(
+        Spectrogram(n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT, window="hann", center=True, pad_mode="reflect",
+                    freeze_parameters=True),
+        LogmelFilterBank(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=MEL_BINS, fmin=0.0, fmax=SAMPLE_RATE / 2, ref=1.0, amin=1e-10,
+                         top_db=None, freeze_parameters=True),
+    ).eval()
+
+
 class EagerSP4ASC:
     """SP4ASC's inference: torchlibrosa frontend + folded Cnn6, torch eager, TTA as a loop."""
 
     def __init__(self, checkpoint: str | Path, threads: int) -> None:
         import torch
-        from torchlibrosa.stft import LogmelFilterBank, Spectrogram
 
         from asc_deploy.models import build_model, fold_batchnorm, load_checkpoint
 
         self.torch = torch
         torch.set_num_threads(threads)
-        self.spectrogram = Spectrogram(n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT, window="hann", center=True,
-                                       pad_mode="reflect", freeze_parameters=True).eval()
-        self.logmel = LogmelFilterBank(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=MEL_BINS, fmin=0.0, fmax=SAMPLE_RATE / 2, ref=1.0,
-                                       amin=1e-10, top_db=None, freeze_parameters=True).eval()
+        self.frontend = sp4asc_frontend()
         self.cnn = fold_batchnorm(build_model(load_checkpoint(checkpoint))).eval()
 
     def _features(self, waveforms):
-        return self.cnn.normalize(self.logmel(self.spectrogram(waveforms)))
+        return self.cnn.normalize(self.frontend(waveforms))
 
     def single(self, waveforms: np.ndarray) -> np.ndarray:
         torch = self.torch

@@ -1,28 +1,34 @@
 """Training of :class:`Cnn6` with SP4ASC's recipe, alone or under torchrun.
 
-Per step: waveform (batch, samples) -> the shared :class:`LogMelFrontend` on the training
-device (float32, outside autocast) -> optional mixup of log-mel and one-hot targets -> Cnn6
-(SpecAugment inside, training mode; fp16 autocast on CUDA) -> cross-entropy or focal loss on
-the (soft) targets -> AdamW step. CosineAnnealingLR is stepped once per epoch. After each
-epoch (every ``eval_every``) rank 0 scores the evaluate split as DCASE does, then writes
-``OUT/last.pth`` (and ``OUT/best.pth`` when the evaluate log loss improves) atomically, a line
-of ``OUT/metrics.jsonl`` and TensorBoard scalars under ``OUT/tensorboard``. With the config's
-``holdout`` > 0 the calibration hold-out (:mod:`asc_deploy.train.holdout`) is left out of
-training and recorded in every checkpoint (key ``holdout``) for ``asc-calibrate``.
+Per step: log-mel (batch, 1, frames, mel_bins) of the shared :class:`LogMelFrontend` (float32,
+outside autocast) -> optional mixup of log-mel and one-hot targets -> Cnn6 in its CROSS block
+form (:class:`BlockForm`: the same function and state dict, faster; SpecAugment inside, training
+mode; fp16 autocast on CUDA) -> cross-entropy or focal loss on the (soft) targets -> AdamW step.
+Nothing augments the waveform, so the log-mel of every clip is computed once, on the training
+device, and kept there for every epoch (:class:`LogMelCache`) when it fits
+:data:`CACHE_BUDGET_BYTES`; otherwise each batch's waveforms are read and transformed again.
+CosineAnnealingLR is stepped once per epoch. After each epoch (every ``eval_every``) rank 0
+scores the evaluate split as DCASE does, then writes ``OUT/last.pth`` (and ``OUT/best.pth`` when
+the evaluate log loss improves) atomically, a line of ``OUT/metrics.jsonl`` and TensorBoard
+scalars under ``OUT/tensorboard``. With the config's ``holdout`` > 0 the calibration hold-out
+(:mod:`asc_deploy.train.holdout`) is left out of training and recorded in every checkpoint (key
+``holdout``) for ``asc-calibrate``.
 
 Reproducibility: the data order and every random draw of epoch e are functions of (seed, e,
 rank), so ``resume`` from last.pth repeats an interrupted epoch exactly (on CPU, with the same
-number of processes).
+number of processes). Batches are consecutive slices of the sampler's order, as a DataLoader
+over the same sampler makes them, whether the log-mel comes from the cache or not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,16 +45,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from asc_deploy.allocator import freed_memory_kept
 from asc_deploy.atomic import atomic_open, atomic_path
 from asc_deploy.errors import AscError
-from asc_deploy.labels import NUM_CLASSES, SAMPLE_RATE
+from asc_deploy.labels import MEL_BINS, NUM_CLASSES, SAMPLE_RATE, num_frames
 from asc_deploy.metrics import classwise_log_loss_accuracy, groupwise
 from asc_deploy.models.checkpoint import OWN_FORMAT
-from asc_deploy.models.cnn6 import Cnn6
+from asc_deploy.models.cnn6 import BlockForm, Cnn6
 from asc_deploy.models.frontend import LogMelFrontend
 from asc_deploy.train.config import TrainConfig, config_from_dict, config_to_dict
 from asc_deploy.train.dataset import Clip, SceneDataset, load_clip, read_split
 from asc_deploy.train.holdout import holdout_split
 
 MACHINE_KEYS = frozenset({"num_workers"})  # config keys a resumed run may change
+CACHE_BUDGET_BYTES = 2 * 2**30  # the log-mel of a split is kept on the device up to this size
 
 
 # --- losses and augmentation ---------------------------------------------------------------
@@ -74,26 +81,25 @@ def mixup(logmel: torch.Tensor, targets: torch.Tensor, lam: float, permutation: 
 
 def train_step(
     model: nn.Module,
-    frontend: LogMelFrontend,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    waveform: torch.Tensor,
+    logmel: torch.Tensor,
     labels: torch.Tensor,
     config: TrainConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step on waveform (batch, samples) float32 and labels (batch,) int64, both on
-    the training device. ``model`` (Cnn6 or DDP-wrapped) must be in training mode.
+    """One optimiser step on log-mel (batch, 1, frames, mel_bins) float32 in dB (the frontend's
+    output) and labels (batch,) int64, both on the training device. ``model`` (Cnn6 or
+    DDP-wrapped) must be in training mode.
 
     Mixup's lambda ~ Beta(alpha, alpha) and permutation come from torch's global CPU generator.
     Returns the loss and the number of clips whose largest logit is their label (0-d tensors).
     """
-    with torch.no_grad():
-        logmel = frontend(waveform)
+    device = logmel.device
     targets = F.one_hot(labels, NUM_CLASSES).float()
     if config.mixup_alpha is not None:
         lam = float(torch.distributions.Beta(config.mixup_alpha, config.mixup_alpha).sample())
-        logmel, targets = mixup(logmel, targets, lam, torch.randperm(len(labels)).to(waveform.device))
-    with torch.autocast(waveform.device.type, enabled=waveform.device.type == "cuda"):
+        logmel, targets = mixup(logmel, targets, lam, torch.randperm(len(labels)).to(device))
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
         logits = model(logmel)
     loss = focal_loss(logits, targets, config.focal_gamma if config.loss == "focal" else 0.0)
     optimizer.zero_grad(set_to_none=True)
@@ -104,14 +110,13 @@ def train_step(
 
 
 @torch.no_grad()
-def predict(model: Cnn6, frontend: LogMelFrontend, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Class probabilities (clips, classes) float64 of the loader's clips in loader order, computed
-    in eval mode (the model's mode is restored afterwards)."""
+def predict(model: Cnn6, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> np.ndarray:
+    """Class probabilities (clips, classes) float64 of batches of (log-mel, labels) on ``device``,
+    in batch order, computed in eval mode (the model's mode is restored afterwards)."""
     was_training = model.training
     model.eval()
     probs = []
-    for waveform, _, _ in loader:
-        logmel = frontend(waveform.to(device, non_blocking=True))
+    for logmel, _ in batches:
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(logmel)
         probs.append(torch.softmax(logits.float(), dim=-1).cpu().double().numpy())
@@ -272,7 +277,56 @@ def _loader(dataset: SceneDataset, config: TrainConfig, device: torch.device, sa
     )
 
 
-def _progress(loader: DataLoader, show: bool, label: str, stats: dict[str, float]) -> contextlib.AbstractContextManager:
+class LogMelBatches:
+    """A split as batches of (log-mel (batch, 1, frames, mel_bins) float32, labels (batch,) int64)
+    on the training device, in ``sampler`` order (file order without one), ``config.batch_size``
+    clips each (the last batch may be smaller).
+
+    With ``cache`` and when the split's log-mel fits :data:`CACHE_BUDGET_BYTES`, the frontend runs
+    once per clip here (``cache_seconds`` says how long it took) and every iteration slices the
+    kept tensor; otherwise every iteration reads the waveforms (DataLoader, ``config.num_workers``
+    workers) and runs the frontend on each batch, as SP4ASC does every step.
+    """
+
+    def __init__(self, dataset: SceneDataset, frontend: LogMelFrontend, config: TrainConfig, device: torch.device,
+                 sampler: DistributedSampler | None = None, cache: bool = True) -> None:
+        self.frontend, self.device, self.sampler, self.batch_size = frontend, device, sampler, config.batch_size
+        self.loader = _loader(dataset, config, device, sampler)
+        self.clips = len(sampler) if sampler is not None else len(dataset)
+        self.logmel: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.cache_seconds = 0.0
+        samples = dataset.expected_samples
+        if cache and samples is not None and 0 < len(dataset) * num_frames(samples) * MEL_BINS * 4 <= CACHE_BUDGET_BYTES:
+            started = time.perf_counter()
+            in_order = DataLoader(dataset, batch_size=max(config.batch_size, 16), num_workers=self.loader.num_workers,
+                                  pin_memory=device.type == "cuda")
+            parts = [(self._logmel(waveform), labels.to(device)) for waveform, labels, _ in in_order]
+            self.logmel, self.labels = (torch.cat(column) for column in zip(*parts))
+            self.cache_seconds = time.perf_counter() - started
+
+    @property
+    def cached(self) -> bool:
+        return self.logmel is not None
+
+    @torch.no_grad()
+    def _logmel(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.frontend(waveform.to(self.device, non_blocking=True))
+
+    def __len__(self) -> int:
+        return math.ceil(self.clips / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.logmel is None:
+            for waveform, labels, _ in self.loader:
+                yield self._logmel(waveform), labels.to(self.device, non_blocking=True)
+            return
+        order = torch.tensor(list(self.sampler) if self.sampler is not None else range(self.clips), device=self.device)
+        for batch in order.split(self.batch_size):
+            yield self.logmel.index_select(0, batch), self.labels.index_select(0, batch)
+
+
+def _progress(loader: Iterable, show: bool, label: str, stats: dict[str, float]) -> contextlib.AbstractContextManager:
     """A click progress bar over ``loader`` showing the running loss and accuracy in ``stats``."""
     if not show:
         return contextlib.nullcontext(loader)
@@ -297,7 +351,7 @@ class TrainingState:
     def create(cls, config: TrainConfig, device: torch.device) -> TrainingState:
         """Fresh state: weights drawn from ``config.seed``, AdamW, cosine schedule over the epochs."""
         torch.manual_seed(config.seed)
-        model = Cnn6(dropout=config.dropout, spec_aug=config.spec_aug).to(device)
+        model = Cnn6(dropout=config.dropout, spec_aug=config.spec_aug, block_form=BlockForm.CROSS).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.eta_min)
         return cls(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=device.type == "cuda"))
@@ -328,14 +382,13 @@ class TrainingState:
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
 
 
-def train_epoch(net: nn.Module, frontend: LogMelFrontend, state: TrainingState, loader: DataLoader, config: TrainConfig, rt: Runtime, label: str) -> dict[str, float]:
+def train_epoch(net: nn.Module, state: TrainingState, loader: LogMelBatches, config: TrainConfig, rt: Runtime, label: str) -> dict[str, float]:
     """One pass over ``loader`` with :func:`train_step`; returns the summed "loss" (per clip),
     "correct" and "clips" over all processes. Rank 0 shows a progress bar."""
     stats = {"loss": 0.0, "correct": 0.0, "clips": 0.0}
     with _progress(loader, rt.is_main, label, stats) as batches:
-        for waveform, labels, _ in batches:
-            waveform, labels = waveform.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
-            loss, correct = train_step(net, frontend, state.optimizer, state.scaler, waveform, labels, config)
+        for logmel, labels in batches:
+            loss, correct = train_step(net, state.optimizer, state.scaler, logmel, labels, config)
             stats["loss"] += loss.item() * len(labels)
             stats["correct"] += correct.item()
             stats["clips"] += len(labels)
@@ -372,12 +425,12 @@ def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume
     samples = load_clip(train_clips[0]).shape[0]
     train_set = SceneDataset(train_clips, expected_samples=samples)
     sampler = DistributedSampler(train_set, num_replicas=rt.world_size, rank=rt.rank, shuffle=True, seed=config.seed)
-    train_loader = _loader(train_set, config, rt.device, sampler)
     eval_clips = read_split(data_dir, "evaluate") if rt.is_main else []
-    eval_loader = _loader(SceneDataset(eval_clips, expected_samples=samples), config, rt.device, None)
+    frontend = LogMelFrontend().to(rt.device)
+    train_loader = LogMelBatches(train_set, frontend, config, rt.device, sampler)
+    eval_loader = LogMelBatches(SceneDataset(eval_clips, expected_samples=samples), frontend, config, rt.device)
 
     state = TrainingState.create(config, rt.device)
-    frontend = LogMelFrontend().to(rt.device)
     completed, best_metric = 0, None
     if resume:
         payload = read_resume_checkpoint(last, config)
@@ -391,6 +444,10 @@ def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume
             f"{samples / SAMPLE_RATE:g} s{f' ({len(holdout.calibration)} held out for calibration)' if holdout else ''}, epochs {completed + 1}-{config.epochs}, {config_to_dict(config)}",
             err=True,
         )
+        cached = [f"{name} ({loader.logmel.nbytes / 2**20:.0f} MiB)" for name, loader in (("train", train_loader), ("evaluate", eval_loader)) if loader.cached]
+        if cached:
+            click.echo(f"log-mel computed once for every epoch and kept on {rt.device}: {', '.join(cached)}, "
+                       f"{train_loader.cache_seconds + eval_loader.cache_seconds:.1f} s", err=True)
         if completed >= config.epochs:
             click.echo(f"nothing to do: {last} already holds epoch {completed} of {config.epochs}", err=True)
     scores = None
@@ -398,13 +455,13 @@ def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume
         started = time.perf_counter()
         sampler.set_epoch(epoch)
         torch.manual_seed(epoch_seed(config.seed, epoch, rt.rank))
-        stats = train_epoch(net, frontend, state, train_loader, config, rt, f"epoch {epoch}/{config.epochs}")
+        stats = train_epoch(net, state, train_loader, config, rt, f"epoch {epoch}/{config.epochs}")
         lr = state.scheduler.get_last_lr()[0]
         state.scheduler.step()
         if not rt.is_main:
             continue
         evaluate = epoch % config.eval_every == 0 or epoch == config.epochs
-        scores = score(predict(state.model, frontend, eval_loader, rt.device), eval_clips, train_devices) if evaluate else None
+        scores = score(predict(state.model, eval_loader, rt.device), eval_clips, train_devices) if evaluate else None
         improved = scores is not None and (best_metric is None or scores["logloss"] < best_metric)
         best_metric = scores["logloss"] if improved else best_metric
         record = {

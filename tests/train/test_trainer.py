@@ -26,10 +26,12 @@ from click.testing import CliRunner
 from asc_deploy.errors import AscError
 from asc_deploy.labels import NUM_CLASSES
 from asc_deploy.models import Cnn6, LogMelFrontend, build_model, load_checkpoint
+from asc_deploy.models.cnn6 import BlockForm
 from asc_deploy.train.cli import main
 from asc_deploy.train.config import TrainConfig, config_to_dict, load_config
 from asc_deploy.train.synth import make_dataset
 from asc_deploy.train.trainer import RunLog, focal_loss, mixup, train, train_step
+from tests.shared_data import checkpoint_path, needs_shared
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -112,9 +114,10 @@ def test_mixup_values() -> None:
     assert torch.allclose(mixed_y, torch.tensor([[0.25, 0.0, 0.75], [0.75, 0.0, 0.25]]))
 
 
-def tiny_setup(config: TrainConfig, seed: int = 0) -> tuple[Cnn6, torch.optim.Optimizer]:
+def tiny_setup(config: TrainConfig, seed: int = 0, block_form: BlockForm = BlockForm.CROSS) -> tuple[Cnn6, torch.optim.Optimizer]:
+    """asc-train's model (CROSS form unless ``block_form``) and optimiser."""
     torch.manual_seed(seed)
-    model = Cnn6(dropout=config.dropout, spec_aug=config.spec_aug)
+    model = Cnn6(dropout=config.dropout, spec_aug=config.spec_aug, block_form=block_form)
     return model, torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -130,7 +133,7 @@ def test_mixup_with_lambda_1_is_no_mixup(monkeypatch: pytest.MonkeyPatch) -> Non
     runs = []
     for config in (plain, dataclasses.replace(plain, mixup_alpha=0.2)):
         model, optimizer = tiny_setup(config)
-        runs.append(([train_step(model, frontend, optimizer, scaler, w, y, config)[0].item() for w, y in random_batches(3)], model.state_dict()))
+        runs.append(([train_step(model, optimizer, scaler, frontend(w), y, config)[0].item() for w, y in random_batches(3)], model.state_dict()))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
 
@@ -139,15 +142,17 @@ def test_mixup_with_lambda_1_is_no_mixup(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_train_step_matches_sp4asc_step() -> None:
     """No augmentation, same initial weights and batches: 10 steps give the same losses as the
-    plain SP4ASC step (log-mel -> Cnn6 -> cross-entropy on one-hot targets -> AdamW)."""
+    plain SP4ASC step (log-mel -> Cnn6 -> cross-entropy on one-hot targets -> AdamW), both in
+    SP4ASC's block form (tests/models/test_cnn6.py shows the CROSS form's loss and gradients
+    equal to it; over 10 AdamW steps float32 rounding differences grow to ~1e-5)."""
     config = dataclasses.replace(load_config("ce"), spec_aug=None, mixup_alpha=None, dropout=0.0)
-    model, optimizer = tiny_setup(config)
+    model, optimizer = tiny_setup(config, block_form=BlockForm.SP4ASC)
     reference = copy.deepcopy(model)
     reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-3, weight_decay=1e-5)
     frontend, scaler = LogMelFrontend(), torch.amp.GradScaler("cpu", enabled=False)
     ours, theirs = [], []
     for waveform, labels in random_batches(10):
-        ours.append(train_step(model, frontend, optimizer, scaler, waveform, labels, config)[0].item())
+        ours.append(train_step(model, optimizer, scaler, frontend(waveform), labels, config)[0].item())
         logits = reference(frontend(waveform))
         loss = F.cross_entropy(logits, F.one_hot(labels, NUM_CLASSES).float())
         reference_optimizer.zero_grad()
@@ -276,3 +281,44 @@ def test_holdout_is_left_out_of_training_and_recorded(tiny_data: Path, tmp_path:
     assert payload["holdout"] == split.record() and payload["config"]["holdout"] == 0.3
     assert payload["holdout"]["train_clips"] == len(split.train) < len(read_split(tiny_data, "train"))
     assert load_checkpoint(out / "last.pth").holdout["clips"] == [c.filename for c in split.calibration]
+
+
+# --- the log-mel cache and the checkpoint format ------------------------------------------
+
+def test_cached_log_mel_batches_equal_the_streamed_ones(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same clips in the same (sampler) order and the same log-mel, whether the split's log-mel
+    is cached or computed batch by batch; a split over the budget is not cached."""
+    from torch.utils.data import DistributedSampler
+
+    from asc_deploy.train import trainer
+    from asc_deploy.train.dataset import SceneDataset, read_split
+
+    config = dataclasses.replace(load_config(write_config(tmp_path)), batch_size=5)
+    dataset = SceneDataset(read_split(tiny_data, "train"), expected_samples=44_100)
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    frontend = LogMelFrontend()
+    cached = trainer.LogMelBatches(dataset, frontend, config, torch.device("cpu"), sampler)
+    streamed = trainer.LogMelBatches(dataset, frontend, config, torch.device("cpu"), sampler, cache=False)
+    assert cached.cached and not streamed.cached and len(cached) == len(streamed) == math.ceil(len(dataset) / 5)
+    pairs = list(zip(cached, streamed, strict=True))
+    assert [len(a[1]) for a, _ in pairs] == [5] * (len(dataset) // 5) + ([len(dataset) % 5] if len(dataset) % 5 else [])
+    for (logmel, labels), (expected_logmel, expected_labels) in pairs:
+        assert torch.equal(labels, expected_labels)
+        assert torch.allclose(logmel, expected_logmel, rtol=0, atol=1e-4)
+    first_labels = pairs[0][0][1]
+    assert torch.equal(first_labels, torch.tensor([dataset.clips[i].label for i in list(sampler)[:5]]))
+    monkeypatch.setattr(trainer, "CACHE_BUDGET_BYTES", 44 * 256 * 4 * len(dataset) - 1)  # one byte short
+    assert not trainer.LogMelBatches(dataset, frontend, config, torch.device("cpu"), sampler).cached
+
+
+@needs_shared
+def test_checkpoints_load_strictly_into_sp4asc_cnn6(uninterrupted: Path) -> None:
+    """asc-train trains the CROSS block form, but its checkpoints hold SP4ASC's Cnn6_60k state
+    dict: the official checkpoint's keys, shapes and dtypes, loaded with strict=True."""
+    official = torch.load(checkpoint_path("ce"), map_location="cpu", weights_only=True)["net"]
+    for name in ("last.pth", "best.pth"):
+        net = torch.load(uninterrupted / name, weights_only=True)["net"]
+        assert list(net) == list(official)
+        assert all(net[k].shape == official[k].shape and net[k].dtype == official[k].dtype for k in net)
+        Cnn6().load_state_dict(net, strict=True)

@@ -214,14 +214,15 @@ def _calibration_table(checkpoint: Path, waveforms, labels: np.ndarray, nb_aug: 
     backend's own, when it ran (then only a TTA run's unaugmented pass is computed here)."""
     from asc_deploy.bench.calibration import calibration_rows
     from asc_deploy.models import build_model, load_checkpoint
+    from asc_deploy.models.cnn6 import BlockForm
     from asc_deploy.train.calibrate import pass_logits
 
     loaded = load_checkpoint(checkpoint)
     label = f"{'calibration table':<28}"
     if torch_logits is None:
-        single, tta = pass_logits(build_model(loaded), waveforms, len(labels), nb_aug, spec_aug, seed, label)
+        single, tta = pass_logits(build_model(loaded, BlockForm.CROSS), waveforms, len(labels), nb_aug, spec_aug, seed, label)
     elif nb_aug > 0:
-        single, tta = pass_logits(build_model(loaded), waveforms, len(labels), 0, spec_aug, seed, label)[0], torch_logits.astype(np.float64)
+        single, tta = pass_logits(build_model(loaded, BlockForm.CROSS), waveforms, len(labels), 0, spec_aug, seed, label)[0], torch_logits.astype(np.float64)
     else:
         single, tta = torch_logits[:, 0].astype(np.float64), None
     tta_temperature = loaded.temperature(True) if loaded.calibration.get("tta_temperature") is not None else None

@@ -38,13 +38,14 @@ class TorchRunner:
 
         from asc_deploy.allocator import freed_memory_kept
         from asc_deploy.models import LogMelFrontend, TTAClassifier, build_model, load_checkpoint
+        from asc_deploy.models.cnn6 import BlockForm
 
         if self.device == "cpu":  # TTA batches allocate ~0.5 GB per op: reuse it instead of faulting it in every call
             self._memory = contextlib.ExitStack()
             self._memory.enter_context(freed_memory_kept())
         self._torch = torch
         checkpoint = load_checkpoint(self.checkpoint)
-        model = TTAClassifier(LogMelFrontend(), build_model(checkpoint), temperature=checkpoint.temperature(self.tta))
+        model = TTAClassifier(LogMelFrontend(), build_model(checkpoint, BlockForm.CROSS), temperature=checkpoint.temperature(self.tta))
         self.model = model.to(self.device).eval()
         # Same weights, channels-last layout: torch's CPU kernels for the dilated depthwise convolutions
         # are 2.6x faster on it (60 TTA passes of a 3 s clip: 28 -> 11 ms a pass); results equal to ~3e-8.

@@ -153,7 +153,7 @@ def run(model: Path, data: Path | None, split: str, backends: list[str], precisi
             runs.append(entry | {"status": "skipped", "reason": reason})
             continue
         runner = make_runner(spec, path, checkpoint, session, tta=nb_aug > 0)
-        keep = (PASS_LOGITS,) if spec.kind == "torch" and calibrated and not pass_logits else ()  # the calibration table's logits
+        keep = (PASS_LOGITS,) if spec.kind == "torch" and calibrated and pass_logits is None else ()  # the calibration table's logits
         try:
             result = run_backend(runner, loaded, groups, nb_aug, spec_aug, seed, f"{spec.name} {precision}", keep)
         except AscError as err:
@@ -222,7 +222,8 @@ def _calibration_table(checkpoint: Path, waveforms, labels: np.ndarray, nb_aug: 
     if torch_logits is None:
         single, tta = pass_logits(build_model(loaded, BlockForm.CROSS), waveforms, len(labels), nb_aug, spec_aug, seed, label)
     elif nb_aug > 0:
-        single, tta = pass_logits(build_model(loaded, BlockForm.CROSS), waveforms, len(labels), 0, spec_aug, seed, label)[0], torch_logits.astype(np.float64)
+        single = pass_logits(build_model(loaded, BlockForm.CROSS), waveforms, len(labels), 0, spec_aug, seed, label)[0]
+        tta = torch_logits.astype(np.float64)
     else:
         single, tta = torch_logits[:, 0].astype(np.float64), None
     tta_temperature = loaded.temperature(True) if loaded.calibration.get("tta_temperature") is not None else None

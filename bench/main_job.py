@@ -129,7 +129,11 @@ def main(out: Path, nb_aug: int, config: str, epochs: int | None, clips_per_clas
          ["asc_deploy.bench.cli", "--model", str(calibrated), "--data", str(data), "--nb-aug", str(nb_aug), "--report", str(report)]),
         ("stream the long recording", ["asc_deploy.stream_cli", "--model", str(fp32), str(recording), "-o", str(stream_out)]),
     ]
-    timings = {title: _step(title, args) for title, args in steps}
+    try:
+        timings = {title: _step(title, args) for title, args in steps}
+    except KeyboardInterrupt:  # the step's own command saw Ctrl-C too and left no half-written file
+        click.echo("main job: interrupted", err=True)
+        sys.exit(130)
     stream = stream_lines(stream_out, RECORDING_SCENES, scene_seconds)
     lines = summary_lines(json.loads((report / "report.json").read_text()), models, stream, report / "report.md")
     click.echo("\n== summary\n" + "\n".join(lines))

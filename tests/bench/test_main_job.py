@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from asc_deploy.bench import main_job
 from asc_deploy.bench.main_job import _claims, stream_lines
 
 
@@ -39,3 +43,13 @@ def test_claims_state_the_tta_gain_and_the_share_of_it_that_t_gets() -> None:
     assert lines[2] == "TTA-30 + T: log loss 0.8800, ECE 0.0300"
     rows["TTA-30"] = _row("TTA-30", 1.1, 0.2, 0.6)
     assert _claims(rows, 30)[1] == "TTA-30 did not lower the log loss of this model (single pass + T: 0.9500)"
+
+
+def test_ctrl_c_ends_the_job_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def interrupted(args: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main_job.subprocess, "call", interrupted)
+    result = CliRunner().invoke(main_job.main, ["--out", str(tmp_path / "demo")])
+    assert result.exit_code == 130
+    assert result.output.splitlines()[-1] == "main job: interrupted" and "Traceback" not in result.output

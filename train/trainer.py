@@ -5,7 +5,7 @@ outside autocast) -> optional mixup of log-mel and one-hot targets -> Cnn6 in it
 form (:class:`BlockForm`: the same function and state dict, faster; SpecAugment inside, training
 mode; fp16 autocast on CUDA) -> cross-entropy or focal loss on the (soft) targets -> AdamW step.
 Nothing augments the waveform, so the log-mel of every clip is computed once, on the training
-device, and kept there for every epoch (:class:`LogMelCache`) when it fits
+device, and kept there for every epoch (:class:`LogMelBatches`) when it fits
 :data:`CACHE_BUDGET_BYTES`; otherwise each batch's waveforms are read and transformed again.
 CosineAnnealingLR is stepped once per epoch. After each epoch (every ``eval_every``) rank 0
 scores the evaluate split as DCASE does, then writes ``OUT/last.pth`` (and ``OUT/best.pth`` when

@@ -57,13 +57,16 @@ function readOnnxMetadata(bytes) {
 
 // ---- model ---------------------------------------------------------------------------------
 
-// WebAssembly threads: every core (at most MAX_THREADS, or ?threads=N) when the page is cross-origin
-// isolated (COOP/COEP headers: SharedArrayBuffer), else 1. onnxruntime-web's own default is half
-// the cores, which is 1 thread on a 2-core machine.
+// WebAssembly threads when the page is cross-origin isolated (COOP/COEP headers: SharedArrayBuffer):
+// every core but one (at least 1, at most MAX_THREADS), or ?threads=N; else 1. The core left over
+// keeps the page and Listen mode's audio capture responsive: with every core busy in inference,
+// Chromium's capture thread starved and dropped samples, and on 2 cores a second wasm thread was
+// slower than one (examples/web/README.md). onnxruntime-web's own default is half the cores.
 function wasmThreads() {
   if (!self.crossOriginIsolated) return 1;
   const asked = Number(new URLSearchParams(location.search).get("threads"));
-  return Number.isInteger(asked) && asked > 0 ? asked : Math.min(MAX_THREADS, navigator.hardwareConcurrency || 1);
+  const cores = navigator.hardwareConcurrency || 1;
+  return Number.isInteger(asked) && asked > 0 ? asked : Math.max(1, Math.min(MAX_THREADS, cores - 1));
 }
 
 async function loadModel(url) {

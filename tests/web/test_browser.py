@@ -29,7 +29,7 @@ SCRIPT = browser.DRIVER
 LISTEN_SCRIPT = Path(__file__).with_name("listen_check.mjs")
 NODE = "node"
 SAMPLE_RATE = 44_100
-DEFAULT_THREADS = min(4, os.cpu_count() or 1)  # what the page starts when cross-origin isolated (app.js MAX_THREADS)
+DEFAULT_THREADS = max(1, min(4, (os.cpu_count() or 1) - 1))  # what the page starts when cross-origin isolated (app.js wasmThreads)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(browser.missing() is not None, reason=browser.missing() or "")]
 
@@ -61,7 +61,7 @@ def test_page_matches_onnxruntime(server, reference, tmp_path):
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["pageState"] == "ready", out
-    # Cross-origin isolated: onnxruntime-web started one wasm thread per core (workers: all but the calling one).
+    # Cross-origin isolated: onnxruntime-web started its default threads, every core but one (workers: all but the calling one).
     assert out["isolated"] and out["threads"] == DEFAULT_THREADS and out["workers"] >= DEFAULT_THREADS - 1, out
     assert not out["threadsNote"] and f"{DEFAULT_THREADS} thread" in out["status"] and out["warmupMs"] > 0, out
     done, done_long, too_short = out["runs"]
@@ -110,8 +110,8 @@ def test_missing_model_shows_error(server, tmp_path):
 
 def test_browser_benchmark(exported, reference, tmp_path):
     """The browser benchmark's every row on a 10 s clip, printed beside onnxruntime native on 1 and 2
-    threads (timings are printed, never asserted): the isolated page runs threaded, ?threads=1 on one
-    thread, the page served without COOP/COEP falls back to one thread and says so, and every page
+    threads (timings are printed, never asserted): the isolated page runs its default threads, ?threads=2
+    really runs two (one worker), the page served without COOP/COEP falls back to one thread and says so, and every page
     row shows onnxruntime native's probabilities within 1e-4."""
     model = exported()
     clip = tmp_path / "scene.wav"
@@ -120,13 +120,13 @@ def test_browser_benchmark(exported, reference, tmp_path):
     print("\n" + "\n".join(bench.table()))
     assert [r.name for r in bench.rows] == [browser.native_name(t) for t in browser.NATIVE_THREADS] + [c.name for c in browser.PAGE_CONFIGS]
     assert all(len(r.rounds) == 1 and len(r.rounds[0]) == 2 and min(r.rounds[0]) > 0 for r in bench.rows)
-    threaded, one, plain = (bench.row(c.name) for c in browser.PAGE_CONFIGS)
-    assert (threaded.isolated, threaded.threads) == (True, DEFAULT_THREADS) and threaded.workers >= DEFAULT_THREADS - 1
-    assert (one.isolated, one.threads, one.workers) == (True, 1, 0)
+    default, two, plain = (bench.row(c.name) for c in browser.PAGE_CONFIGS)
+    assert (default.isolated, default.threads) == (True, DEFAULT_THREADS) and default.workers >= DEFAULT_THREADS - 1
+    assert (two.isolated, two.threads) == (True, 2) and two.workers >= 1
     assert (plain.isolated, plain.threads, plain.workers) == (False, 1, 0)
-    assert plain.page["threadsNote"] and not threaded.page["threadsNote"] and "1 thread" in plain.page["status"]
+    assert plain.page["threadsNote"] and not default.page["threadsNote"] and not two.page["threadsNote"] and "1 thread" in plain.page["status"]
     assert sorted(bench.native_probs)[-2] > 0.1  # a split vote, not one-hot against one-hot
-    for row in (threaded, one, plain):
+    for row in (default, two, plain):
         assert row.warmup_ms and row.first_ms
         assert np.abs(np.asarray(row.probs) - bench.native_probs).max() <= 1e-4, (row.name, row.probs, bench.native_probs)
         assert not [m for m in row.page["console"] if m.startswith(("error", "pageerror"))], row.page["console"]

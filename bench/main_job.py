@@ -13,6 +13,7 @@ from the files the steps wrote (report.json, the models, the stream's output).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -21,8 +22,10 @@ from pathlib import Path
 
 import click
 
+from asc_deploy.errors import AscError
 RECORDING_SCENES = ("park", "metro", "street_traffic", "shopping_mall")  # the long recording, in this order
 STREAM_LINES_SHOWN = 4  # predictions of the stream printed at the top and at the end
+MARKER = ".asc-main-job"  # written first into the output folder: the folder is the main job's to replace
 
 
 def _step(title: str, args: list[str]) -> float:
@@ -33,6 +36,23 @@ def _step(title: str, args: list[str]) -> float:
         click.echo(f"main job: step '{title}' failed with exit code {code}", err=True)
         sys.exit(code)
     return time.perf_counter() - start
+
+
+def prepare_out(out: Path) -> None:
+    """Make ``out`` an empty folder owned by the main job: a folder that a previous main job wrote
+    (its marker file) is emptied, so that running the job again starts over; AscError for a
+    non-empty folder the main job did not write, which is never touched."""
+    if out.is_dir() and any(out.iterdir()):  # (a file at ``out`` is refused by --out's type)
+        if not (out / MARKER).is_file():
+            raise AscError("holds files that the main job did not write: choose another --out", out)
+        click.echo(f"main job: replacing the previous run in {out}", err=True)
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("asc-deploy main job output: running the main job again replaces this folder's contents\n")
 
 
 def _read_stream(path: Path) -> list[tuple[float, float, str, float, str]]:
@@ -129,6 +149,11 @@ def main(out: Path, nb_aug: int, config: str, epochs: int | None, clips_per_clas
          ["asc_deploy.bench.cli", "--model", str(calibrated), "--data", str(data), "--nb-aug", str(nb_aug), "--report", str(report)]),
         ("stream the long recording", ["asc_deploy.stream_cli", "--model", str(fp32), str(recording), "-o", str(stream_out)]),
     ]
+    try:
+        prepare_out(out)
+    except AscError as err:
+        click.echo(f"main job: error: {err}", err=True)
+        sys.exit(1)
     try:
         timings = {title: _step(title, args) for title, args in steps}
     except KeyboardInterrupt:  # the step's own command saw Ctrl-C too and left no half-written file

@@ -53,3 +53,26 @@ def test_ctrl_c_ends_the_job_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_
     result = CliRunner().invoke(main_job.main, ["--out", str(tmp_path / "demo")])
     assert result.exit_code == 130
     assert result.output.splitlines()[-1] == "main job: interrupted" and "Traceback" not in result.output
+
+
+def test_a_rerun_replaces_the_previous_run_and_nothing_else(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def first_step_fails(args: list[str]) -> int:
+        calls.append(args)
+        return 3
+
+    monkeypatch.setattr(main_job.subprocess, "call", first_step_fails)
+    out = tmp_path / "demo"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "last.pth").write_bytes(b"a previous run")
+    (out / "stream.tsv").write_text("start")
+    result = CliRunner().invoke(main_job.main, ["--out", str(out)])
+    assert "holds files that the main job did not write" in result.output and result.exit_code == 1 and not calls
+    assert (out / "train" / "last.pth").read_bytes() == b"a previous run"  # untouched
+
+    (out / main_job.MARKER).write_text("")  # as the main job leaves its folder
+    result = CliRunner().invoke(main_job.main, ["--out", str(out)])
+    assert f"main job: replacing the previous run in {out}" in result.output and result.exit_code == 3 and len(calls) == 1
+    assert sorted(p.name for p in out.iterdir()) == [main_job.MARKER]  # emptied before the first step ran
+

@@ -19,6 +19,11 @@ is the classifier from ``logmel`` (batch, 1, frames, bins), with the same stripe
 ``M.features.onnx`` (``logmel`` -> ``features`` (batch, 128, frames // 16, bins // 16)) and
 ``M.head.onnx`` (``features`` (batch, 128, columns, bins // 16) -> ``logits``, ``probs``). Their
 metadata is ``M.onnx``'s with ``graph`` "frontend", "logmel", "features" or "head".
+
+ExecuTorch programs (``asc-export --format pte``, single pass) have no ``metadata_props``: their
+method ``forward`` takes ``waveform`` and returns (``logits``, ``probs``) by position, and their
+constant method :data:`PTE_METADATA_METHOD` returns the same key/value pairs as one JSON object
+string (``ModelMetadata.from_props(json.loads(...))``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ INPUT_FREQ_STRIPES = "freq_stripes"
 OUTPUT_LOGITS = "logits"
 OUTPUT_PROBS = "probs"
 INPUT_LOGMEL = OUTPUT_LOGMEL = "logmel"
+PTE_METADATA_METHOD = "asc_metadata"  # an ExecuTorch program's constant method returning the contract as JSON
 INPUT_FEATURES = OUTPUT_FEATURES = "features"
 
 

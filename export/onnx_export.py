@@ -153,7 +153,7 @@ class ExportBlock(nn.Module):
                 conv.weight.copy_(cross[part])
                 conv.bias.copy_(bias[part])
                 self.sp_convs.append(conv)
-        self.pool = nn.AvgPool2d(2)
+        self.pool = nn.AvgPool2d(2, count_include_pad=False)  # no padding: same values; XNNPACK delegates only this form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in, frames, bins) -> (batch, out, frames // 2, bins // 2)."""
@@ -180,12 +180,17 @@ class ExportFrontend(LogMelFrontend):
     same factorised DFT and filterbank, laid out for large GEMMs (frontend.py's names: sample
     n = n2 * i1 + i2 of a frame, bin k = k1 + n1 * k2).
 
-    - frames are built as (batch, i2, frames, i1) from the hop-sized chunks (one cheap
-      single-axis Transpose of the padded signal, one Concat);
+    - the hop-sized chunks of the padded signal are gathered as the reflected first hop, the
+      signal's whole hops and the last hop reflected past the end (no Pad and no Slice, whose
+      result would depend on samples % hop: ``torch.export`` then proves every shape for all
+      lengths), and frames are built as (batch, i2, frames, i1) from them (one cheap single-axis
+      Transpose, one Concat);
     - the size-n1 DFT over i1 runs as n2 GEMMs (frames x n1) @ (n1 x n1), one per i2 and real or
       imaginary part, with the window and the twiddle factors folded into their matrices;
-    - the size-n2 DFT over i2 is then ONE GEMM (2 K2 x 2 n2) @ (2 n2 x frames * n1), and its
-      output rows k2, columns k1 hold the bins in their natural order k1 + n1 * k2;
+    - the size-n2 DFT over i2 is then one batched GEMM per frame (2 K2 x 2 n2) @ (2 n2 x n1), whose
+      output rows k2, columns k1 hold the bins in their natural order k1 + n1 * k2 (the same
+      onnxruntime CPU time as one (2 n2 x frames * n1) GEMM, whose frames * n1 columns
+      ``torch.export`` cannot split back into frames for every length);
     - the Slaney filterbank is applied per group of 32 mel bands to the FFT bins the group
       touches only (8 groups: about 8x fewer multiply-adds than the dense 1088 x 256 product).
     Every folded matrix is built in the graph from the frontend's compact buffers, so the file
@@ -228,17 +233,38 @@ class ExportFrontend(LogMelFrontend):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         n1, n2, hop, kept = self.n1, self.n2, self.hop_length, self.kept_k2
         batch, samples = waveform.shape
-        padded = nn.functional.pad(waveform[:, None, :], (self.n_fft // 2, self.n_fft // 2), mode="reflect")[:, 0, :] if self.center else waveform
-        chunks = padded[:, : (samples // hop + 2 * self.center) * hop].reshape(batch, -1, n1 // 2, n2).permute(0, 3, 1, 2)
+        if self.center:  # the hops of the signal reflect-padded by n_fft // 2 (= hop), up to the last whole one
+            whole, last = samples // hop, samples - 1
+            tail = whole * hop + torch.arange(hop, device=waveform.device)  # the last hop, reflected past the end
+            chunks = torch.cat([waveform[:, 1 : hop + 1].flip(1)[:, None],
+                                waveform.index_select(1, torch.arange(whole * hop, device=waveform.device)).reshape(batch, -1, hop),
+                                waveform.index_select(1, last - (last - tail).abs())[:, None]], dim=1)  # (batch, whole + 2, hop)
+        else:
+            chunks = waveform[:, : samples // hop * hop].reshape(batch, -1, hop)
+        chunks = chunks.reshape(batch, -1, n1 // 2, n2).permute(0, 3, 1, 2)
         frames = torch.cat([chunks[:, :, :-1], chunks[:, :, 1:]], dim=3)  # (batch, i2, frames, i1)
         outer = torch.matmul(frames[:, None], self.outer_matrices())  # (batch, 2, i2, frames, k1)
-        num_frames = outer.shape[3]
-        spectrum = torch.matmul(self.dft_inner.T, outer.reshape(batch, 2 * n2, -1))  # (batch, 2 * kept, frames * k1)
-        power = spectrum[:, :kept] ** 2 + spectrum[:, kept:] ** 2  # (batch, k2, frames * k1)
-        power = power.reshape(batch, kept, num_frames, n1).transpose(1, 2).reshape(batch, num_frames, kept * n1)
+        outer = outer.permute(0, 3, 1, 2, 4).reshape(batch, -1, 2 * n2, n1)  # (batch, frames, 2 * i2, k1)
+        spectrum = torch.matmul(self.dft_inner.T, outer)  # (batch, frames, 2 * kept, k1)
+        power = spectrum[:, :, :kept] ** 2 + spectrum[:, :, kept:] ** 2  # (batch, frames, k2, k1)
+        power = power.reshape(batch, -1, kept * n1)  # (batch, frames, bins in natural order)
         weights = self.mel_natural()
         mel = torch.cat([torch.matmul(power[..., lo:hi], weights[lo:hi, first:end]) for lo, hi, first, end in self.groups], dim=-1)
         return (10.0 / math.log(10.0)) * torch.log(torch.clamp(mel, min=self.amin))[:, None]
+
+
+def model_metadata(checkpoint: Checkpoint, precision: str, tta: bool, targets: Sequence[str],
+                   schedule: Schedule = Schedule.GPU) -> ModelMetadata:
+    """The model contract of an export of ``checkpoint`` (``precision``: "fp32", "fp16" or "int8"),
+    checked against the runtimes ``targets``."""
+    frontend, temperature = ExportFrontend(), checkpoint.temperature(tta)
+    return ModelMetadata(
+        labels=CLASS_LABELS, sample_rate=frontend.sample_rate, n_fft=frontend.n_fft, hop_length=frontend.hop_length,
+        mel_bins=frontend.mel_bins, clip_seconds=CLIP_SECONDS, precision=precision,
+        variant="tta" if tta else "single", spec_aug=checkpoint_spec_aug(checkpoint), targets=tuple(targets),
+        checkpoint_sha256=checkpoint.sha256, package_version=__version__, schedule=Schedule(schedule).value,
+        temperature=1.0 if temperature is None else temperature,
+    )
 
 
 def _trace(module: torch.nn.Module, tta: bool, path: Path, first_input: tuple[str, torch.Tensor, dict[int, str]] | None = None,
@@ -290,13 +316,7 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
     frontend = ExportFrontend().eval()
     temperature = checkpoint.temperature(tta)
     classifier = TTAClassifier if tta else WaveformClassifier
-    metadata = ModelMetadata(
-        labels=CLASS_LABELS, sample_rate=frontend.sample_rate, n_fft=frontend.n_fft, hop_length=frontend.hop_length,
-        mel_bins=frontend.mel_bins, clip_seconds=CLIP_SECONDS, precision=precision.value,
-        variant="tta" if tta else "single", spec_aug=checkpoint_spec_aug(checkpoint), targets=TARGETS,
-        checkpoint_sha256=checkpoint.sha256, package_version=__version__, schedule=schedule.value,
-        temperature=1.0 if temperature is None else temperature,
-    )
+    metadata = model_metadata(checkpoint, precision.value, tta, TARGETS, schedule)
 
     def write(module: nn.Module, path: Path, graph: Graph, doc: str, with_tta: bool, **trace_args) -> None:
         with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:

@@ -1,0 +1,79 @@
+"""An ExecuTorch program (``asc-export --format pte``) in ExecuTorch's Python runtime, behind the
+runner contract (activate, infer on named arrays, deactivate).
+
+ExecuTorch's Python runtime links libtorch and imports torch, so this runner is part of the
+benchmark (``asc-bench --backends executorch``), not of the torch-free runtime ``asc_deploy``: on
+a device the same file runs in ExecuTorch's C++ runtime. Needs the ``executorch`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from asc_deploy.errors import AscError
+from asc_deploy.metadata import INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_LOGITS, OUTPUT_PROBS, PTE_METADATA_METHOD, ModelMetadata
+
+OUTPUTS = (OUTPUT_LOGITS, OUTPUT_PROBS)  # the program's outputs, by position
+PTE_MAGIC = b"ET"  # bytes 4-5 of an ExecuTorch program (flatbuffer file identifier "ET12" and later)
+
+
+def is_executorch_program(path: str | Path) -> bool:
+    """Whether the file at ``path`` is an ExecuTorch program (read from its header, not its name)."""
+    with open(path, "rb") as f:
+        return f.read(8)[4:6] == PTE_MAGIC
+
+
+class ExecuTorchRunner:
+    """Runs a ``.pte`` with ExecuTorch's XNNPACK-enabled Python runtime. Feeds of more clips than
+    the program's batch bound are run in slices of at most that many clips."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.model_path = Path(model_path)
+        self.name = "executorch-xnnpack"
+        self.metadata: ModelMetadata | None = None
+        self._method = None
+
+    def activate(self) -> None:
+        from executorch.runtime import Runtime
+
+        from asc_deploy.export.program import MAX_BATCH, MAX_SAMPLES, MIN_SAMPLES
+
+        try:
+            program = Runtime.get().load_program(self.model_path)
+            (raw,) = program.load_method(PTE_METADATA_METHOD).execute([])
+            self._method = program.load_method("forward")
+        except Exception as err:  # the runtime raises RuntimeError/ValueError with its own codes
+            raise AscError(f"ExecuTorch cannot load the program ({str(err).splitlines()[0] if str(err) else type(err).__name__})",
+                           self.model_path) from err
+        self.metadata = ModelMetadata.from_props(json.loads(raw), self.model_path)
+        self._bounds = (MAX_BATCH, MIN_SAMPLES, MAX_SAMPLES)
+
+    def infer(self, feed: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        if self._method is None:
+            raise RuntimeError("runner is not active: call activate() or use it as a context manager")
+        if INPUT_TIME_STRIPES in feed:
+            raise AscError("an ExecuTorch program is the single-pass classifier: no test-time augmentation (--nb-aug 0)",
+                           self.model_path)
+        import torch
+
+        waveform = np.ascontiguousarray(feed[INPUT_WAVEFORM], np.float32)
+        max_batch, min_samples, max_samples = self._bounds
+        if not min_samples <= waveform.shape[1] <= max_samples:
+            raise AscError(f"the program takes {min_samples} to {max_samples} samples per clip, got {waveform.shape[1]}", self.model_path)
+        parts = [self._method.execute([torch.from_numpy(waveform[i : i + max_batch])]) for i in range(0, len(waveform), max_batch)]
+        names = list(outputs) if outputs else list(OUTPUTS)
+        return {name: np.concatenate([part[OUTPUTS.index(name)].numpy() for part in parts]) for name in names}
+
+    def deactivate(self) -> None:
+        self._method = None
+
+    def __enter__(self) -> ExecuTorchRunner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()

@@ -43,6 +43,7 @@ OUTPUT_LOGITS = "logits"
 OUTPUT_PROBS = "probs"
 INPUT_LOGMEL = OUTPUT_LOGMEL = "logmel"
 PTE_METADATA_METHOD = "asc_metadata"  # an ExecuTorch program's constant method returning the contract as JSON
+PTE_FILE_IDENTIFIER = b"ET"  # bytes 4-5 of an ExecuTorch program (its flatbuffer file identifier: "ET12" and later)
 INPUT_FEATURES = OUTPUT_FEATURES = "features"
 
 
@@ -54,6 +55,12 @@ class Graph(str, enum.Enum):
     LOGMEL = "logmel"  # logmel -> probs
     FEATURES = "features"  # logmel -> the CNN's last feature map (single-pass models)
     HEAD = "head"  # features -> probs (single-pass models)
+
+
+def is_executorch_program(path: str | Path) -> bool:
+    """Whether the file at ``path`` is an ExecuTorch program (told by its header, not its name)."""
+    with open(path, "rb") as f:
+        return f.read(8)[4:6] == PTE_FILE_IDENTIFIER
 
 
 def stream_graph_paths(model_path: str | Path) -> tuple[Path, Path]:

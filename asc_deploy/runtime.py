@@ -27,6 +27,7 @@ from asc_deploy.metadata import (
     OUTPUT_PROBS,
     Graph,
     ModelMetadata,
+    is_executorch_program,
 )
 from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig
 from asc_deploy.stripes import tta_stripes
@@ -53,6 +54,9 @@ def read_model_metadata(path: str | Path) -> ModelMetadata:
     path = Path(path)
     if not path.is_file():
         raise AscError("no such model file" if not path.exists() else "not a file", path)
+    if is_executorch_program(path):
+        raise AscError("an ExecuTorch program: this runtime runs ONNX models only (ExecuTorch's Python runtime needs torch); "
+                       "run it with ExecuTorch on the device, or here with asc-bench --backends executorch", path)
     try:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)

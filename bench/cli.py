@@ -81,6 +81,8 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
                 plan.append((spec, "fp32", checkpoint, reason_here))
             elif precision == "engine":
                 plan.append((spec, precision, path, reason if spec.kind == "tensorrt" else "an engine runs on tensorrt only"))
+            elif spec.kind == "executorch":
+                plan.append((spec, precision, *_executorch_program(path, precision, checkpoint, reason)))
             elif spec.kind == "tensorrt" and usable and read_model_metadata(path).schedule == "cpu":
                 plan.append((spec, precision, path, "a cpu-schedule graph is for onnxruntime on CPUs (export with --schedule gpu)"))
             elif spec.kind == "tensorrt" and usable and precision != "int8":
@@ -91,6 +93,20 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
             else:
                 plan.append((spec, precision, path, reason))
     return plan
+
+
+def _executorch_program(onnx_path: Path, precision: str, checkpoint: Path | None, reason: str) -> tuple[Path | None, str]:
+    """(ExecuTorch program exported beside ``onnx_path`` from ``checkpoint``, skip reason) for the
+    executorch backend: the single-pass classifier in fp32 or fp16."""
+    if reason:
+        return None, reason
+    if checkpoint is None or precision not in ("fp32", "fp16"):
+        return None, "exported from a checkpoint MODEL, in fp32 or fp16" if checkpoint is None else f"{precision}: not exported to ExecuTorch"
+    if read_model_metadata(onnx_path).variant == "tta":
+        return None, "an ExecuTorch program is the single-pass classifier (--nb-aug 0)"
+    from asc_deploy.export.executorch import export_pte
+
+    return export_pte(checkpoint, onnx_path.with_suffix(".pte"), precision), ""
 
 
 def run(model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int, batch_size: int | None,
@@ -359,7 +375,8 @@ def main(ctx: click.Context, model: Path, data: Path | None, split: str, backend
          perf: bool, browser: bool, iterations: int, schedule: str | None, calibrate_dir: Path | None) -> None:
     """Benchmark MODEL on every backend available here; print the table, write the report."""
     try:
-        require_extras("asc-bench", "bench", "train")  # train: the torch reference and the data set reader
+        # train: the torch reference and the data set reader
+        require_extras("asc-bench", "bench", "train", *(("executorch",) if "executorch" in backends else ()))
     except AscError as err:
         click.echo(f"asc-bench: error: {err}", err=True)
         sys.exit(1)

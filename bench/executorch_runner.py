@@ -18,13 +18,6 @@ from asc_deploy.errors import AscError
 from asc_deploy.metadata import INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_LOGITS, OUTPUT_PROBS, PTE_METADATA_METHOD, ModelMetadata
 
 OUTPUTS = (OUTPUT_LOGITS, OUTPUT_PROBS)  # the program's outputs, by position
-PTE_MAGIC = b"ET"  # bytes 4-5 of an ExecuTorch program (flatbuffer file identifier "ET12" and later)
-
-
-def is_executorch_program(path: str | Path) -> bool:
-    """Whether the file at ``path`` is an ExecuTorch program (read from its header, not its name)."""
-    with open(path, "rb") as f:
-        return f.read(8)[4:6] == PTE_MAGIC
 
 
 class ExecuTorchRunner:

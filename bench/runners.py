@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asc_deploy.extras import missing_distributions
 from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_PROBS
 from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig, provider_status
 from asc_deploy.trt_runner import TensorRTRunner
@@ -84,24 +85,27 @@ class TorchRunner:
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """A backend to benchmark: ``kind`` is "torch", "onnxruntime" or "tensorrt"; ``provider``
-    the onnxruntime provider (cpu, cuda, tensorrt) or the torch device (cpu, cuda)."""
+    """A backend to benchmark: ``kind`` is "torch", "onnxruntime", "tensorrt" or "executorch";
+    ``provider`` the onnxruntime provider (cpu, cuda, tensorrt), the torch device (cpu, cuda) or
+    ExecuTorch's delegate (xnnpack)."""
 
     kind: str
     provider: str
 
     @property
     def name(self) -> str:
-        return {"torch": f"torch-{self.provider}", "onnxruntime": f"onnxruntime-{self.provider}", "tensorrt": "tensorrt"}[self.kind]
+        return {"torch": f"torch-{self.provider}", "onnxruntime": f"onnxruntime-{self.provider}", "tensorrt": "tensorrt",
+                "executorch": f"executorch-{self.provider}"}[self.kind]
 
 
 def backend_specs(kinds: list[str]) -> list[BackendSpec]:
     """Expand ``--backends`` names: torch -> torch on CPU and CUDA, onnxruntime -> its CPU, CUDA
-    and TensorRT providers, tensorrt -> native engines."""
+    and TensorRT providers, tensorrt -> native engines, executorch -> ExecuTorch programs with XNNPACK."""
     expand = {
         "torch": [BackendSpec("torch", "cpu"), BackendSpec("torch", "cuda")],
         "onnxruntime": [BackendSpec("onnxruntime", p) for p in ("cpu", "cuda", "tensorrt")],
         "tensorrt": [BackendSpec("tensorrt", "gpu")],
+        "executorch": [BackendSpec("executorch", "xnnpack")],
     }
     unknown = [k for k in kinds if k not in expand]
     if unknown:
@@ -119,14 +123,21 @@ def availability(spec: BackendSpec) -> tuple[bool, str]:
         return (True, "") if torch.cuda.is_available() else (False, "no CUDA GPU for torch")
     if spec.kind == "onnxruntime":
         return provider_status(spec.provider)
+    if spec.kind == "executorch":
+        missing = missing_distributions("executorch")
+        return (False, f"needs the executorch extra ({', '.join(missing)} not installed)") if missing else (True, "")
     return tensorrt_available()
 
 
 def make_runner(spec: BackendSpec, model: Path, checkpoint: Path | None, session: SessionConfig = SessionConfig(), tta: bool = False):
-    """The runner of ``spec`` over ``model`` (ONNX file or engine); torch needs the checkpoint
+    """The runner of ``spec`` over ``model`` (ONNX file, engine or ExecuTorch program); torch needs the checkpoint
     (and ``tta``: whether it runs the TTA model, whose temperature differs)."""
     if spec.kind == "torch":
         return TorchRunner(checkpoint, spec.provider, tta)
     if spec.kind == "onnxruntime":
         return OnnxRuntimeRunner(model, spec.provider, session)
+    if spec.kind == "executorch":
+        from asc_deploy.bench.executorch_runner import ExecuTorchRunner
+
+        return ExecuTorchRunner(model)
     return TensorRTRunner(model)

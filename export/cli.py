@@ -1,5 +1,5 @@
-"""``asc-export``: checkpoint -> ONNX (fp32/fp16, single pass or TTA), TensorRT engine or Triton
-model repository. Prints the complexity report and the size of what it wrote."""
+"""``asc-export``: checkpoint -> ONNX (fp32/fp16, single pass or TTA), TensorRT engine, Triton
+model repository or ExecuTorch program (.pte, single pass). Prints the complexity report and the size of what it wrote."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from asc_deploy.extras import require_extras
 
 def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool, int8: bool = False) -> Path:
     stem = Path(checkpoint).parent.name if Path(checkpoint).name == "ckpt.pth" else Path(checkpoint).stem
-    suffix = {"onnx": ".onnx", "trt": ".engine", "triton": ""}[fmt]
+    suffix = {"onnx": ".onnx", "trt": ".engine", "triton": "", "pte": ".pte"}[fmt]
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     return Path(f"{stem}{'.tta' if tta else ''}.{precision}{suffix}" if suffix else f"{stem}-triton")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", required=True, type=click.Path(), help="SP4ASC ckpt.pth or an asc-train checkpoint.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "trt", "triton"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "trt", "triton", "pte"]), default="onnx", show_default=True,
+              help="pte: ExecuTorch program with the XNNPACK delegate (phones, embedded; needs the executorch extra).")
 @click.option("--fp16", is_flag=True, help="CNN weights and arithmetic in fp16 (frontend and I/O stay float32).")
 @click.option("--tta", is_flag=True, help="Export the test-time-augmentation variant (stripes as inputs).")
 @click.option("--output", "-o", type=click.Path(), default=None, help="Output file (onnx, trt) or repository folder (triton).")
@@ -53,12 +54,17 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
             raise ValueError("--int8 and --fp16 exclude each other")
         if int8 and fmt != "onnx":
             raise ValueError("--int8 only applies to --format onnx")
+        if tta and fmt == "pte":
+            raise ValueError("--format pte exports the single-pass classifier (no --tta)")
         if int8 and not calibration_data:
             raise ValueError("--int8 needs --calibration-data DIR (a data set whose training split calibrates it)")
         if calibration_data and not int8:
             raise ValueError("--calibration-data only applies to --int8")
         needs_trt = fmt == "trt" or engine
-        require_extras("asc-export" + (" with TensorRT" if needs_trt else ""), "train", *(("trt",) if needs_trt else ()))
+        if fmt == "pte":
+            require_extras("asc-export --format pte", "train", "executorch")
+        else:
+            require_extras("asc-export" + (" with TensorRT" if needs_trt else ""), "train", *(("trt",) if needs_trt else ()))
         from asc_deploy.export.onnx_export import Precision, export_onnx
         from asc_deploy.models import build_model, load_checkpoint
         from asc_deploy.models.complexity import complexity_report
@@ -72,6 +78,10 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
             export_int8(checkpoint, output_path, calibration_data, tta, schedule)
         elif fmt == "onnx":
             export_onnx(checkpoint, output_path, precision, tta, schedule, stream=stream)
+        elif fmt == "pte":
+            from asc_deploy.export.executorch import export_pte
+
+            export_pte(checkpoint, output_path, precision)
         else:
             with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
                 onnx_path = export_onnx(checkpoint, Path(tmp) / "model.onnx", precision, tta)
@@ -93,7 +103,7 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
         sys.exit(1)
     size = sum(p.stat().st_size for p in output_path.rglob("*") if p.is_file()) if output_path.is_dir() else output_path.stat().st_size
     click.echo(f"wrote {output_path} ({size / 1024:.1f} KiB, {'int8' if int8 else precision.value}{', TTA' if tta else ''}, "
-               f"{schedule} schedule)")
+               f"{'XNNPACK delegate' if fmt == 'pte' else f'{schedule} schedule'})")
 
 
 if __name__ == "__main__":

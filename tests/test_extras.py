@@ -81,3 +81,15 @@ def test_asc_calibrate_without_train_extra_stops_before_any_work(tmp_path: Path,
     result = CliRunner().invoke(calibrate_main, ["--model", str(tmp_path / "ckpt.pth"), "--data", str(tmp_path), "--output", str(out)])
     _fails_with_one_line(result, "asc-calibrate", "train")
     assert not out.exists()
+
+
+def test_executorch_commands_without_the_extra_stop_before_any_work(tmp_path: Path, without) -> None:
+    without("executorch")
+    out = tmp_path / "model.pte"
+    result = CliRunner().invoke(export_main, ["--checkpoint", str(tmp_path / "ckpt.pth"), "--format", "pte", "--output", str(out)])
+    _fails_with_one_line(result, "asc-export", "executorch")
+    report = tmp_path / "report"
+    result = CliRunner().invoke(bench_main, ["--model", str(tmp_path / "ckpt.pth"), "--data", str(tmp_path), "--backends",
+                                             "torch,executorch", "--report", str(report)])
+    _fails_with_one_line(result, "asc-bench", "executorch")
+    assert list(tmp_path.iterdir()) == []

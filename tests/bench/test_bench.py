@@ -159,3 +159,18 @@ def test_tta_without_spec_aug_is_flagged(tiny):
                                        "--report", str(folder / "plain")])
     assert result.exit_code == 0, result.output
     assert "has no SpecAugment stripes" in result.output and "2 TTA passes are identical" in result.output
+
+
+def test_executorch_row(tiny):
+    """asc-bench --backends executorch: the checkpoint's ExecuTorch program as one row, with size, latency and parity."""
+    pytest.importorskip("executorch.runtime", reason="the executorch extra is not installed")
+    data, checkpoint, folder = tiny
+    report_dir = folder / "report-executorch"
+    result = CliRunner().invoke(main, ["--model", str(checkpoint), "--data", str(data), "--nb-aug", "0", "--backends",
+                                       "torch,executorch", "--precision", "fp32", "--report", str(report_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((report_dir / "report.json").read_text())
+    row = next(r for r in report["runs"] if r["backend"] == "executorch-xnnpack")
+    assert row["status"] == "ok" and row["model_file"].endswith(".pte") and 0 < row["size_bytes"] <= 600 * 1024
+    assert row["parity"]["passed"] and row["parity"]["max_abs_prob"] <= 1e-4, row["parity"]
+    assert row["timing"] and "executorch-xnnpack" in result.output

@@ -1,0 +1,108 @@
+"""ExecuTorch programs (.pte, XNNPACK) of the "ce" checkpoint against SP4ASC's golden outputs, in
+ExecuTorch's Python runtime. Each precision is exported once per session."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from asc_deploy.errors import AscError
+from asc_deploy.export.cli import main as export_main
+from asc_deploy.export.program import MAX_BATCH, MAX_SAMPLES, MIN_SAMPLES
+from asc_deploy.metadata import is_executorch_program
+from asc_deploy.models import load_checkpoint
+from asc_deploy.runtime import Classifier
+from tests.shared_data import checkpoint_path, needs_shared
+
+pytest.importorskip("executorch.runtime", reason="the executorch extra is not installed")
+pytestmark = needs_shared
+
+
+@pytest.fixture(scope="session")
+def pte(tmp_path_factory):
+    """pte(precision) -> path of the ce checkpoint's ExecuTorch program (exported once)."""
+    from asc_deploy.export.executorch import export_pte
+
+    folder, cache = tmp_path_factory.mktemp("pte"), {}
+
+    def get(precision: str = "fp32"):
+        if precision not in cache:
+            cache[precision] = export_pte(checkpoint_path("ce"), folder / f"ce.{precision}.pte", precision)
+        return cache[precision]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def fp32_runner(pte):
+    from asc_deploy.bench.executorch_runner import ExecuTorchRunner
+
+    with ExecuTorchRunner(pte("fp32")) as runner:
+        yield runner
+
+
+def test_fp32_matches_reference_on_every_clip(fp32_runner, reference):
+    lengths = set()
+    for name in reference["names"]:
+        wave = reference[f"wave/{name}"]
+        logits = fp32_runner.infer({"waveform": wave[None]}, ["logits"])["logits"][0]
+        diff = np.abs(logits - reference[f"logits_fp32/ce/{name}"]).max()
+        print(f"pte fp32 {name} ({len(wave) / 44100:g} s): max abs logit difference {diff:.2e}")
+        assert diff <= 1e-4, name
+        lengths.add(len(wave))
+    assert {44100, 441000, 529200} <= lengths  # 1 s, 10 s and 12 s
+
+
+def test_batches_beyond_the_program_bound_run_in_slices(fp32_runner, reference):
+    names = [n for n in reference["names"] if len(reference[f"wave/{n}"]) == 441000]
+    batch = np.stack([reference[f"wave/{n}"] for n in names])
+    assert len(batch) > MAX_BATCH
+    out = fp32_runner.infer({"waveform": batch})
+    assert out["probs"].shape == (len(names), 10)
+    for i, name in enumerate(names):
+        assert np.abs(out["logits"][i] - reference[f"logits_fp32/ce/{name}"]).max() <= 1e-4, name
+    np.testing.assert_allclose(out["probs"].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_contract_is_in_the_constant_method(fp32_runner, pte):
+    meta = fp32_runner.metadata
+    assert meta.precision == "fp32" and meta.variant == "single" and meta.targets == ("executorch-xnnpack",)
+    assert meta.checkpoint_sha256 == load_checkpoint(checkpoint_path("ce")).sha256
+    assert meta.sample_rate == 44100 and len(meta.labels) == 10
+    assert is_executorch_program(pte("fp32"))
+    size = pte("fp32").stat().st_size
+    print(f"pte fp32: {size / 1024:.1f} KiB")
+    assert size <= 600 * 1024  # the frontend's matrices are built in the program from compact buffers
+
+
+def test_lengths_outside_the_bounds_are_refused(fp32_runner):
+    for samples in (MIN_SAMPLES - 1, MAX_SAMPLES + 1):
+        with pytest.raises(AscError, match="samples per clip"):
+            fp32_runner.infer({"waveform": np.zeros((1, samples), np.float32)})
+
+
+def test_fp16_keeps_top1_and_stays_close(pte, reference):
+    """XNNPACK computes the fp16 CNN in fp16 here: its logits differ from fp32 by rounding, as the ONNX fp16 export's."""
+    from asc_deploy.bench.executorch_runner import ExecuTorchRunner
+
+    worst = 0.0
+    with ExecuTorchRunner(pte("fp16")) as runner:
+        assert runner.metadata.precision == "fp16"
+        for name in reference["names"]:
+            logits = runner.infer({"waveform": reference[f"wave/{name}"][None]}, ["logits"])["logits"][0]
+            expected = reference[f"logits_fp32/ce/{name}"]
+            assert logits.argmax() == expected.argmax(), name
+            worst = max(worst, np.abs(logits - expected).max())
+    print(f"pte fp16: max abs logit difference {worst:.4f}, {pte('fp16').stat().st_size / 1024:.1f} KiB")
+    assert 1e-4 < worst <= 0.35
+
+
+def test_torch_free_runtime_refuses_a_program_in_one_line(pte):
+    with pytest.raises(AscError, match="an ExecuTorch program: this runtime runs ONNX models only"):
+        Classifier(pte("fp32"))
+
+
+def test_cli_rejects_tta_for_pte(tmp_path):
+    out = tmp_path / "m.pte"
+    result = CliRunner().invoke(export_main, ["--checkpoint", str(checkpoint_path("ce")), "--format", "pte", "--tta", "-o", str(out)])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("asc-export: error: --format pte")
+    assert not out.exists()

@@ -19,14 +19,17 @@ pytestmark = needs_shared
 
 @pytest.fixture(scope="session")
 def pte(tmp_path_factory):
-    """pte(precision) -> path of the ce checkpoint's ExecuTorch program (exported once)."""
-    from asc_deploy.export.executorch import export_pte
-
+    """pte(precision) -> path of the ce checkpoint's ExecuTorch program, exported once by asc-export."""
     folder, cache = tmp_path_factory.mktemp("pte"), {}
 
     def get(precision: str = "fp32"):
         if precision not in cache:
-            cache[precision] = export_pte(checkpoint_path("ce"), folder / f"ce.{precision}.pte", precision)
+            path = folder / f"ce.{precision}.pte"
+            result = CliRunner().invoke(export_main, ["--checkpoint", str(checkpoint_path("ce")), "--format", "pte", "-o", str(path),
+                                                      *(["--fp16"] if precision == "fp16" else [])])
+            assert result.exit_code == 0, result.output
+            assert f"wrote {path}" in result.output and "XNNPACK delegate" in result.output
+            cache[precision] = path
         return cache[precision]
 
     return get

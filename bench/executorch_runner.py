@@ -29,6 +29,7 @@ class ExecuTorchRunner:
         self.name = "executorch-xnnpack"
         self.metadata: ModelMetadata | None = None
         self._method = None
+        self._bounds = (0, 0, 0)  # (clips per call, fewest samples, most samples), the program's, set by activate()
 
     def activate(self) -> None:
         from executorch.runtime import Runtime

@@ -40,16 +40,22 @@ def has_pass_loop(model: onnx.ModelProto) -> bool:
 
 def _boundary(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> tuple[str, str, set[int]]:
     """(A, B, body): the scorer's input and output tensors, and the indices in ``nodes`` (the
-    graph's nodes in order) of the nodes that run per pass."""
+    graph's nodes in order) of the nodes that run per pass. Sizes the scorer computes from the
+    graph's input shapes (frames, batch) are no input of it: the body reads them from the outer
+    graph, where they are computed once (the scorer's own shapes must not depend on the number of
+    passes, see :class:`~asc_deploy.models.pipeline.PassScorer`)."""
     scorer = [n for n in nodes if n.name.startswith(SCORER_SCOPE)]
     if not scorer:
         raise ValueError(f"no pass scorer nodes (names under {SCORER_SCOPE}): not a batched asc-export TTA graph")
     variable = {i.name for i in graph.input}  # tensors that depend on a graph input
+    shapes: set[str] = set()  # variable tensors computed from tensor shapes only (sizes that reshapes use)
     for node in nodes:
         if any(i in variable for i in node.input):
             variable.update(node.output)
+            if node.op_type == "Shape" or all(i in shapes for i in node.input if i in variable):
+                shapes.update(node.output)
     scorer_out = {o for n in scorer for o in n.output}
-    entering = {i for n in scorer for i in n.input if i in variable and i not in scorer_out}
+    entering = {i for n in scorer for i in n.input if i in variable and i not in scorer_out and i not in shapes}
     graph_outputs = {o.name for o in graph.output}
     used_outside = {i for n in nodes if not n.name.startswith(SCORER_SCOPE) for i in n.input} | graph_outputs
     leaving = scorer_out & used_outside
@@ -64,7 +70,7 @@ def _boundary(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> tuple[str,
     needed, body = {b}, set()  # backward closure of B through nodes that depend on A or on nothing variable
     for index in reversed(range(len(nodes))):
         outputs = set(nodes[index].output)
-        if outputs & needed and (set(nodes[index].input) & after_a or not outputs & variable):
+        if outputs & needed and (set(nodes[index].input) & after_a or not outputs & variable or outputs <= shapes):
             needed.update(i for i in nodes[index].input if i)
             body.add(index)
     # A constant-only node (weight DequantizeLinear, shape constants) stays in the body only if

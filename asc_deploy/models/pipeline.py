@@ -77,7 +77,7 @@ class PassScorer(nn.Module):
     def logits(self, augmented: torch.Tensor) -> torch.Tensor:
         """The CNN's logits of every pass, (passes, batch, classes) float32, before any temperature."""
         logits = self.cnn.forward_head(self.cnn.forward_features(augmented.reshape(-1, *augmented.shape[2:])))
-        return logits.float().reshape(augmented.shape[0], augmented.shape[1], logits.shape[-1])
+        return logits.float().reshape(-1, augmented.shape[1], logits.shape[-1])  # -1: no pass count in the scorer
 
     def forward(self, augmented: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.calibration(self.logits(augmented)), dim=-1)

@@ -1,11 +1,11 @@
-"""Export forms (export/onnx_export.py: ExportFrontend, ExportBlock) rearrange the graph for speed,
+"""Export forms (export/forms.py: ExportFrontend, ExportBlock) rearrange the graph for speed,
 not the math: they compute the shared modules' functions to float32 rounding."""
 
 import numpy as np
 import pytest
 import torch
 
-from asc_deploy.export.onnx_export import ExportBlock, ExportFrontend, export_cnn
+from asc_deploy.export.forms import ExportBlock, ExportFrontend, export_cnn
 from asc_deploy.models import Cnn6, LogMelFrontend, build_model, fold_batchnorm, load_checkpoint
 from tests.models.test_frontend import exact_logmel
 from tests.shared_data import checkpoint_path, needs_shared

@@ -60,7 +60,8 @@ def test_fp16_graph_types(exported):
     model = onnx.load(str(exported("ce", "fp16")))
     types = {i.name: i.data_type for i in model.graph.initializer}
     assert types["cnn.conv2.ch_convs.0.weight"] == onnx.TensorProto.FLOAT16
-    assert types["frontend.dft_inner"] == onnx.TensorProto.FLOAT
+    frontend = {name: kind for name, kind in types.items() if name.startswith("frontend.")}
+    assert frontend["frontend.dft_outer"] == onnx.TensorProto.FLOAT and onnx.TensorProto.FLOAT16 not in frontend.values()
     io = [*model.graph.input, *model.graph.output]
     assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in io)
 
@@ -229,3 +230,20 @@ def test_stream_graphs_contract(stream_model, tmp_path):
     result = CliRunner().invoke(main, ["--checkpoint", str(checkpoint_path("ce")), "--format", "trt", "--stream",
                                        "-o", str(tmp_path / "m.engine")])
     assert result.exit_code == 1 and "--stream applies to --format onnx" in result.output
+
+
+def test_any_length_equals_torch_including_whole_hops(exported):
+    """torch.export traced the waveform length symbolically: lengths that are whole multiples of the
+    hop (where the frontend's chunking slice ends exactly at the padded signal's end), one sample
+    more, the shortest the four poolings allow (15 frames: 15,360 samples) and 10 s all match the
+    torch pipeline."""
+    from asc_deploy.models import LogMelFrontend, WaveformClassifier, build_model, fold_batchnorm
+
+    model = WaveformClassifier(LogMelFrontend(), fold_batchnorm(build_model(load_checkpoint(checkpoint_path("ce"))))).eval()
+    run = session(exported("ce")).run
+    rng = np.random.default_rng(0)
+    for samples in (15_360, 43 * 1024, 43 * 1024 + 1, 441_000):
+        wave = rng.uniform(-0.3, 0.3, (2, samples)).astype(np.float32)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(wave))[0].numpy()
+        assert np.abs(run(["logits"], {"waveform": wave})[0] - expected).max() <= 1e-4, samples

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from asc_deploy.export.onnx_export import ExportFrontend, export_cnn
+from asc_deploy.export.forms import ExportFrontend, export_cnn
 from asc_deploy.export.program import MAX_BATCH, MAX_SAMPLES, MIN_SAMPLES, export_program
 from asc_deploy.models import WaveformClassifier, build_model, fold_batchnorm, load_checkpoint
 from tests.shared_data import checkpoint_path, needs_shared

@@ -77,7 +77,7 @@ def test_int8_cpu_schedule_keeps_the_pass_loop(int8, exported, reference):
     loop = next(n for n in quantized.graph.node if n.name == LOOP_NODE)
     body = loop.attribute[0].g
     assert sum(n.op_type in QDQ for n in body.node) > 10 and not [n for n in quantized.graph.node if n.op_type in QDQ]
-    first_block = [n for n in body.node if n.op_type == "Conv" and n.name.startswith("/scorer/conv1/")]
+    first_block = [n for n in body.node if n.op_type == "Conv" and n.name.startswith("/scorer/cnn.conv1/")]
     assert len(first_block) == 4  # CPU_INT8_CHANNEL_GROUPS: the float first block in 4 groups
     wave = reference["wave/10_short1s"][None]
     time, freq = tta_stripes((128, 2, 32, 2), 3, 44, 256, 0)

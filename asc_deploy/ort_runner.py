@@ -27,6 +27,15 @@ PROVIDER_NAMES = {
 }
 
 
+ORT_FORMAT_IDENTIFIER = b"ORTM"  # flatbuffer file identifier (bytes 4 to 8) of onnxruntime's ORT format
+
+
+def is_ort_format(path: str | Path) -> bool:
+    """True when ``path`` holds an ORT-format model (``asc-export --format ort``), whatever its name."""
+    with open(path, "rb") as f:
+        return f.read(8)[4:] == ORT_FORMAT_IDENTIFIER
+
+
 class GraphOptimization(str, enum.Enum):
     """onnxruntime's graph optimisation levels ("all" adds the NCHWc layout for convolutions)."""
 
@@ -137,7 +146,7 @@ def provider_status(name: str) -> tuple[bool, str]:
 
 
 class OnnxRuntimeRunner:
-    """Runs an ONNX file with onnxruntime. ``with OnnxRuntimeRunner(path) as r: r.infer({...})``."""
+    """Runs an ONNX or ORT-format file with onnxruntime. ``with OnnxRuntimeRunner(path) as r: r.infer({...})``."""
 
     def __init__(self, model_path: str | Path, provider: str = "cpu", config: SessionConfig = SessionConfig()) -> None:
         self.model_path, self.provider, self.config = Path(model_path), provider, config
@@ -152,6 +161,8 @@ class OnnxRuntimeRunner:
             raise AscError(f"onnxruntime provider {self.provider!r} cannot run here: {reason}", self.model_path)
         providers = [PROVIDER_NAMES[self.provider]] + (["CPUExecutionProvider"] if self.provider != "cpu" else [])
         options = self.config.session_options()
+        if is_ort_format(self.model_path):  # onnxruntime itself goes by the file name's .ort suffix
+            options.add_session_config_entry("session.load_model_format", "ORT")
         try:
             self.session = ort.InferenceSession(os.fspath(self.model_path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -65,7 +65,7 @@ def _write_json(out: IO[str], rows: Iterator[Row]) -> list[Row]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_path", type=click.Path(), help="ONNX model written by asc-export.")
+@click.option("--model", "model_path", type=click.Path(), help="ONNX or ORT-format model written by asc-export (the format is read from the file).")
 @click.option("--server", "server_url", metavar="URL",
               help="Instead of --model: a Triton server serving asc_sp4asc (asc-serve or asc-export's repository), "
                    "http://host:port or grpc://host:port.")

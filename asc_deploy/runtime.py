@@ -29,7 +29,7 @@ from asc_deploy.metadata import (
     ModelMetadata,
     is_executorch_program,
 )
-from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig
+from asc_deploy.ort_runner import OnnxRuntimeRunner, SessionConfig, is_ort_format
 from asc_deploy.stripes import tta_stripes
 
 DEFAULT_TTA_PASSES = 30  # SP4ASC's published setting
@@ -50,13 +50,15 @@ class Prediction:
 
 
 def read_model_metadata(path: str | Path) -> ModelMetadata:
-    """Check an ONNX file and read its asc-deploy metadata; :class:`AscError` naming it otherwise."""
+    """Check an ONNX or ORT-format file and read its asc-deploy metadata; :class:`AscError` naming it otherwise."""
     path = Path(path)
     if not path.is_file():
         raise AscError("no such model file" if not path.exists() else "not a file", path)
     if is_executorch_program(path):
-        raise AscError("an ExecuTorch program: this runtime runs ONNX models only (ExecuTorch's Python runtime needs torch); "
+        raise AscError("an ExecuTorch program: this runtime runs ONNX and ORT-format models only (ExecuTorch's Python runtime needs torch); "
                        "run it with ExecuTorch on the device, or here with asc-bench --backends executorch", path)
+    if is_ort_format(path):
+        return _read_ort_metadata(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)
@@ -65,11 +67,26 @@ def read_model_metadata(path: str | Path) -> ModelMetadata:
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
 
 
+def _read_ort_metadata(path: Path) -> ModelMetadata:
+    """The asc-deploy metadata of an ORT-format file (onnxruntime reads it: no protobuf inside)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.load_model_format", "ORT")
+    options.log_severity_level = 3
+    try:
+        meta = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_modelmeta()
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise AscError(f"not a valid ORT-format model ({str(err).splitlines()[0] if str(err) else type(err).__name__})", path) from err
+    return ModelMetadata.from_props(dict(meta.custom_metadata_map), path)
+
+
 class Classifier:
     """Acoustic scene classifier over an exported ONNX model.
 
     Args:
-        model_path: an ``asc-export`` ONNX file (single-pass or TTA variant), or the log-mel graph
+        model_path: an ``asc-export`` ONNX or ORT-format file (single-pass or TTA variant; the
+            format is read from the file, not its name), or the log-mel graph
             of its streaming pair (``M.logmel.onnx``), which only :meth:`probabilities` takes.
         provider: onnxruntime provider short name: "cpu", "cuda" or "tensorrt".
         tta_passes: SpecAugment passes of a TTA model (ignored by a single-pass model).

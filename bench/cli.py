@@ -83,6 +83,10 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
                 plan.append((spec, precision, path, reason if spec.kind == "tensorrt" else "an engine runs on tensorrt only"))
             elif spec.kind == "executorch":
                 plan.append((spec, precision, *_executorch_program(path, precision, checkpoint, reason)))
+            elif spec.kind == "ort" and usable:
+                from asc_deploy.export.ort_format import convert_to_ort
+
+                plan.append((spec, precision, convert_to_ort(path, engines_folder / f"{path.stem}.ort"), ""))
             elif spec.kind == "tensorrt" and usable and read_model_metadata(path).schedule == "cpu":
                 plan.append((spec, precision, path, "a cpu-schedule graph is for onnxruntime on CPUs (export with --schedule gpu)"))
             elif spec.kind == "tensorrt" and usable and precision != "int8":

@@ -85,25 +85,28 @@ class TorchRunner:
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """A backend to benchmark: ``kind`` is "torch", "onnxruntime", "tensorrt" or "executorch";
-    ``provider`` the onnxruntime provider (cpu, cuda, tensorrt), the torch device (cpu, cuda) or
-    ExecuTorch's delegate (xnnpack)."""
+    """A backend to benchmark: ``kind`` is "torch", "onnxruntime", "ort" (onnxruntime on the ORT-format
+    file of the ONNX export, as onnxruntime Mobile loads it), "tensorrt" or "executorch"; ``provider``
+    the onnxruntime provider (cpu, cuda, tensorrt), the torch device (cpu, cuda) or ExecuTorch's
+    delegate (xnnpack)."""
 
     kind: str
     provider: str
 
     @property
     def name(self) -> str:
-        return {"torch": f"torch-{self.provider}", "onnxruntime": f"onnxruntime-{self.provider}", "tensorrt": "tensorrt",
-                "executorch": f"executorch-{self.provider}"}[self.kind]
+        return {"torch": f"torch-{self.provider}", "onnxruntime": f"onnxruntime-{self.provider}", "ort": "onnxruntime-ort-format",
+                "tensorrt": "tensorrt", "executorch": f"executorch-{self.provider}"}[self.kind]
 
 
 def backend_specs(kinds: list[str]) -> list[BackendSpec]:
     """Expand ``--backends`` names: torch -> torch on CPU and CUDA, onnxruntime -> its CPU, CUDA
-    and TensorRT providers, tensorrt -> native engines, executorch -> ExecuTorch programs with XNNPACK."""
+    and TensorRT providers, ort -> onnxruntime CPU on the ORT-format file, tensorrt -> native engines,
+    executorch -> ExecuTorch programs with XNNPACK."""
     expand = {
         "torch": [BackendSpec("torch", "cpu"), BackendSpec("torch", "cuda")],
         "onnxruntime": [BackendSpec("onnxruntime", p) for p in ("cpu", "cuda", "tensorrt")],
+        "ort": [BackendSpec("ort", "cpu")],
         "tensorrt": [BackendSpec("tensorrt", "gpu")],
         "executorch": [BackendSpec("executorch", "xnnpack")],
     }
@@ -121,7 +124,7 @@ def availability(spec: BackendSpec) -> tuple[bool, str]:
         import torch
 
         return (True, "") if torch.cuda.is_available() else (False, "no CUDA GPU for torch")
-    if spec.kind == "onnxruntime":
+    if spec.kind in ("onnxruntime", "ort"):
         return provider_status(spec.provider)
     if spec.kind == "executorch":
         missing = missing_distributions("executorch")
@@ -134,7 +137,7 @@ def make_runner(spec: BackendSpec, model: Path, checkpoint: Path | None, session
     (and ``tta``: whether it runs the TTA model, whose temperature differs)."""
     if spec.kind == "torch":
         return TorchRunner(checkpoint, spec.provider, tta)
-    if spec.kind == "onnxruntime":
+    if spec.kind in ("onnxruntime", "ort"):
         return OnnxRuntimeRunner(model, spec.provider, session)
     if spec.kind == "executorch":
         from asc_deploy.bench.executorch_runner import ExecuTorchRunner

@@ -1,5 +1,6 @@
-"""``asc-export``: checkpoint -> ONNX (fp32/fp16, single pass or TTA), TensorRT engine, Triton
-model repository or ExecuTorch program (.pte, single pass). Prints the complexity report and the size of what it wrote."""
+"""``asc-export``: checkpoint -> ONNX (fp32/fp16, single pass or TTA), ORT format for onnxruntime
+Mobile, TensorRT engine, Triton model repository or ExecuTorch program (.pte, single pass). Prints
+the complexity report and the size of what it wrote."""
 
 from __future__ import annotations
 
@@ -15,18 +16,20 @@ from asc_deploy.extras import require_extras
 
 def _default_output(checkpoint: str, fmt: str, fp16: bool, tta: bool, int8: bool = False) -> Path:
     stem = Path(checkpoint).parent.name if Path(checkpoint).name == "ckpt.pth" else Path(checkpoint).stem
-    suffix = {"onnx": ".onnx", "trt": ".engine", "triton": "", "pte": ".pte"}[fmt]
+    suffix = {"onnx": ".onnx", "ort": ".ort", "trt": ".engine", "triton": "", "pte": ".pte"}[fmt]
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     return Path(f"{stem}{'.tta' if tta else ''}.{precision}{suffix}" if suffix else f"{stem}-triton")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", required=True, type=click.Path(), help="SP4ASC ckpt.pth or an asc-train checkpoint.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "trt", "triton", "pte"]), default="onnx", show_default=True,
-              help="pte: ExecuTorch program with the XNNPACK delegate (phones, embedded; needs the executorch extra).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "ort", "trt", "triton", "pte"]), default="onnx", show_default=True,
+              help="ort: ORT format for onnxruntime Mobile; pte: ExecuTorch program with the XNNPACK delegate (phones, "
+                   "embedded; needs the executorch extra).")
 @click.option("--fp16", is_flag=True, help="CNN weights and arithmetic in fp16 (frontend and I/O stay float32).")
 @click.option("--tta", is_flag=True, help="Export the test-time-augmentation variant (stripes as inputs).")
-@click.option("--output", "-o", type=click.Path(), default=None, help="Output file (onnx, trt) or repository folder (triton).")
+@click.option("--output", "-o", type=click.Path(), default=None, help="Output file (onnx, ort, trt) or repository folder (triton). "
+              "ort also writes M.required_operators.config beside M.ort (for a minimal onnxruntime build).")
 @click.option("--workspace-mib", default=1024, show_default=True, help="TensorRT builder workspace limit.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache to reuse and update.")
 @click.option("--engine", is_flag=True, help="triton: also build a TensorRT engine (model.plan).")
@@ -46,8 +49,8 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
     try:
         if engine and fmt != "triton" or trt_accelerator and fmt != "triton":
             raise ValueError("--engine and --trt-accelerator only apply to --format triton")
-        if schedule == "cpu" and fmt != "onnx":
-            raise ValueError("--schedule cpu only applies to --format onnx (TensorRT and Triton engines want whole tensors)")
+        if schedule == "cpu" and fmt not in ("onnx", "ort"):
+            raise ValueError("--schedule cpu only applies to --format onnx and ort (TensorRT and Triton engines want whole tensors)")
         if stream and (fmt != "onnx" or int8):
             raise ValueError("--stream applies to --format onnx in fp32 or fp16 (not --int8)")
         if int8 and fp16:
@@ -82,6 +85,11 @@ def main(checkpoint: str, fmt: str, fp16: bool, tta: bool, output: str | None, w
             from asc_deploy.export.executorch import export_pte
 
             export_pte(checkpoint, output_path, precision)
+        elif fmt == "ort":
+            from asc_deploy.export.ort_format import convert_to_ort
+
+            with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
+                convert_to_ort(export_onnx(checkpoint, Path(tmp) / "model.onnx", precision, tta, schedule), output_path)
         else:
             with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
                 onnx_path = export_onnx(checkpoint, Path(tmp) / "model.onnx", precision, tta)

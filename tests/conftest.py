@@ -60,6 +60,14 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ort_model(exported, tmp_path_factory) -> Path:
+    """The fp32 single-pass ONNX export of the official "ce" checkpoint in ORT format (asc-export --format ort)."""
+    from asc_deploy.export.ort_format import convert_to_ort
+
+    return convert_to_ort(exported("ce"), tmp_path_factory.mktemp("ort") / "ce.fp32.ort")
+
+
+@pytest.fixture(scope="session")
 def stream_model(tmp_path_factory):
     """stream_model(tta, schedule) -> an asc-export --stream model of the official "ce" checkpoint (cached)."""
     if not SP4ASC.is_dir():

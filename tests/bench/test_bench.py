@@ -44,17 +44,21 @@ def test_bench_report_parity_and_metrics(tiny):
     data, checkpoint, folder = tiny
     report_dir = folder / "report"
     result = CliRunner().invoke(main, ["--model", str(checkpoint), "--data", str(data), "--nb-aug", "4", "--backends",
-                                       "torch,onnxruntime", "--precision", "fp32,fp16", "--report", str(report_dir)])
+                                       "torch,onnxruntime,ort", "--precision", "fp32,fp16", "--report", str(report_dir)])
     assert result.exit_code == 0, result.output
     report = json.loads((report_dir / "report.json").read_text())
     ran = {(r["backend"], r["precision"]): r for r in report["runs"] if r["status"] == "ok"}
-    assert set(ran) == {("torch-cpu", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16")}
+    assert set(ran) == {("torch-cpu", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"),
+                        ("onnxruntime-ort-format", "fp32"), ("onnxruntime-ort-format", "fp16")}
     skipped = [r for r in report["runs"] if r["status"] == "skipped"]
     assert skipped and all(r["reason"] for r in skipped)
     assert ran[("torch-cpu", "fp32")].get("reference")
-    for key in [("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16")]:
+    for key in [("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-ort-format", "fp32"),
+                ("onnxruntime-ort-format", "fp16")]:
         assert ran[key]["parity"]["passed"], ran[key]["parity"]
     assert ran[("onnxruntime-cpu", "fp32")]["parity"]["max_abs_prob"] <= 1e-3
+    assert ran[("onnxruntime-ort-format", "fp32")]["parity"]["max_abs_prob"] <= 1e-3
+    assert ran[("onnxruntime-ort-format", "fp32")]["model_file"].endswith("model.fp32.tta.ort")
     assert report["clips"] == 90 and report["nb_aug"] == 4
 
     clips = list(csv.DictReader(open(data / "evaluation_setup" / "fold1_evaluate.csv"), delimiter="\t"))

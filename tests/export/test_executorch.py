@@ -100,7 +100,7 @@ def test_fp16_keeps_top1_and_stays_close(pte, reference):
 
 
 def test_torch_free_runtime_refuses_a_program_in_one_line(pte):
-    with pytest.raises(AscError, match="an ExecuTorch program: this runtime runs ONNX models only"):
+    with pytest.raises(AscError, match="an ExecuTorch program: this runtime runs ONNX and ORT-format models only"):
         Classifier(pte("fp32"))
 
 

@@ -252,13 +252,13 @@ def test_any_length_equals_torch_including_whole_hops(exported):
 def test_composed_waveform_graph_equals_the_whole_program(reference, exported):
     """asc-export writes the waveform graph as the frontend graph composed with the log-mel
     classifier (each lowered from its own program, the frontend's once per process); lowering the
-    whole waveform classifier's program (export_program's default, what other lowerings take)
+    whole waveform classifier's program (export_graph_program's default)
     computes the same logits."""
     from asc_deploy.export.onnx_export import lower_to_onnx
-    from asc_deploy.export.program import export_program, signature
+    from asc_deploy.export.program import export_graph_program, signature
     from asc_deploy.metadata import Graph
 
-    whole = lower_to_onnx(export_program(load_checkpoint(checkpoint_path("ce"))), signature(Graph.WAVEFORM, False))
+    whole = lower_to_onnx(export_graph_program(load_checkpoint(checkpoint_path("ce"))), signature(Graph.WAVEFORM, False))
     runs = [session(exported("ce")).run, ort.InferenceSession(whole.SerializeToString(), providers=["CPUExecutionProvider"]).run]
     for name in ("10_short1s", "11_long12s"):
         composed, direct = (run(["logits"], {"waveform": reference[f"wave/{name}"][None]})[0] for run in runs)

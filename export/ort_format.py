@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from asc_deploy.atomic import atomic_path
+from asc_deploy.export.quiet import quiet_logger
 
 ORT_CONFIG_SUFFIX = ".required_operators.config"
 
@@ -43,22 +44,10 @@ def convert_to_ort(onnx_path: str | Path, output: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
         source = Path(tmp) / "model.onnx"
         shutil.copyfile(onnx_path, source)
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_converter():
+        with contextlib.redirect_stdout(io.StringIO()), quiet_logger("ort_format_model.utils", logging.WARNING):  # a line per file written
             convert_onnx_models_to_ort(source, output_dir=Path(tmp), optimization_styles=[OptimizationStyle.Fixed])
         config = (Path(tmp) / f"model{ORT_CONFIG_SUFFIX}").read_text().replace(str(source.with_suffix(".ort")), output.name)
         with atomic_path(output) as tmp_model, atomic_path(operator_config_path(output)) as tmp_config:
             shutil.copyfile(source.with_suffix(".ort"), tmp_model)
             tmp_config.write_text(config)
     return output
-
-
-@contextlib.contextmanager
-def _quiet_converter():
-    """The converter logs each file it writes at INFO level; asc-export prints its own summary."""
-    logger = logging.getLogger("ort_format_model.utils")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

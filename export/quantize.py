@@ -23,7 +23,6 @@ model's metadata with ``precision`` set to "int8", and is written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import platform
 import tempfile
@@ -37,6 +36,7 @@ from onnx import helper, numpy_helper
 from asc_deploy.atomic import atomic_path
 from asc_deploy.errors import AscError
 from asc_deploy.export.loop import batch_passes, has_pass_loop, loop_over_passes
+from asc_deploy.export.quiet import quiet_logger
 from asc_deploy.labels import num_frames
 from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, ModelMetadata
 from asc_deploy.stripes import tta_stripes
@@ -164,17 +164,6 @@ class ClipCalibrationReader:
         self._iter = self._feeds()
 
 
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def export_int8(checkpoint_path: str | Path, output: str | Path, calibration_dir: str | Path, tta: bool = False,
                 schedule: str = "gpu", max_clips: int = 64) -> Path:
     """Checkpoint -> int8 ONNX at ``output``: an fp32 export (with the int8 channel groups under the
@@ -230,7 +219,7 @@ def quantize_int8(onnx_path: str | Path, output: str | Path, calibration_dir: st
     with tempfile.TemporaryDirectory(prefix="asc-quantize-") as tmp:
         source, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         onnx.save(prepared, str(source))
-        with _quiet_root_logger():  # quantize_static logs advice about pre-processing on every call
+        with quiet_logger(None, logging.ERROR):  # quantize_static logs advice about pre-processing on every call
             quantize_static(
                 str(source), str(quantized), ClipCalibrationReader(clips, metadata, seed),
                 quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,

@@ -8,20 +8,24 @@ and mixup; ``batch`` clips of ``seconds`` s; every row from the same initial wei
 batch):
 
 1. ``SP4ASC eager``: SP4ASC's step: its torchlibrosa frontend inside the step
-   (:func:`asc_deploy.bench.perf.sp4asc_frontend`), Cnn6 in SP4ASC's block form, under glibc's
-   default malloc (as SP4ASC runs) and, the baseline of the speed-ups, with freed memory kept
-   (:mod:`asc_deploy.allocator`, as asc-train runs);
+   (:func:`asc_deploy.bench.perf.sp4asc_frontend`), Cnn6 in SP4ASC's block form, float32, under
+   glibc's default malloc (as SP4ASC runs) and, the baseline of the speed-ups, with freed memory
+   kept (:mod:`asc_deploy.allocator`, as asc-train runs);
 2. ``SP4ASC form, own frontend``: asc-train's step before the CROSS form (the frontend of
-   :class:`LogMelFrontend` in the step, SP4ASC's block form);
-3. ``asc-train, from waveform``: the CROSS form (:class:`BlockForm`), frontend in the step;
-4. ``asc-train, cached log-mel``: what every asc-train step does now: the CROSS form on log-mel
-   computed once per clip before the first epoch (:class:`LogMelBatches`), so no frontend in the
-   step. Honest only because nothing augments the waveform: the cache costs one frontend pass per
-   clip, counted in the epoch table;
+   :class:`LogMelFrontend` in the step, SP4ASC's block form, float32);
+3. ``asc-train, from waveform``: the CROSS form (:class:`BlockForm`), frontend in the step, under
+   the config's mixed precision (bfloat16 autocast on a CPU with native bf16 arithmetic:
+   :func:`~asc_deploy.train.trainer.autocast_dtype`);
+4. ``asc-train, cached log-mel, float32`` and ``asc-train, cached log-mel``: the CROSS form on
+   log-mel computed once per clip before the first epoch (:class:`LogMelBatches`), so no frontend
+   in the step, in float32 and under the config's mixed precision (what every asc-train step does).
+   Honest only because nothing augments the waveform: the cache costs one frontend pass per clip,
+   counted in the epoch table;
 5. ``floor``: 3 x the CNN's forward flops (forward, and backward as twice the forward) of the
    batch divided by the best fp32 GEMM throughput measured in the same run
    (:func:`~asc_deploy.bench.perf.gemm_gflops`); rows 1-3 also run the frontend, whose flops the
-   floor leaves out.
+   floor leaves out. The floor stays float32's for the bfloat16 rows: a CPU's bf16 GEMM peak is
+   higher (about 2x on AVX512-BF16), so those rows' "x floor" flatters them by up to that much.
 
 Rows are measured round-robin (``rounds`` rounds of ``iterations / rounds`` calls after warm-up)
 so that a change of machine load hits all of them alike; ``spread`` is the slowest round median
@@ -118,7 +122,7 @@ def measure_steps(config, batch: int = 16, seconds: float = 3.0, threads: int = 
     from asc_deploy.models.cnn6 import BlockForm, Cnn6
     from asc_deploy.models.complexity import complexity_report
     from asc_deploy.models.frontend import LogMelFrontend
-    from asc_deploy.train.trainer import train_step
+    from asc_deploy.train.trainer import precision_name, train_step
 
     torch.set_num_threads(threads)
     waveform = torch.from_numpy(make_clips(batch, seconds))
@@ -128,26 +132,29 @@ def measure_steps(config, batch: int = 16, seconds: float = 3.0, threads: int = 
         logmel = ours(waveform)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     cnn_macs = complexity_report(Cnn6(), clip_samples=waveform.shape[1]).cnn_macs
-    sp4asc, sp4asc_kept, main_form, cross, cached = _models(config, [BlockForm.SP4ASC] * 3 + [BlockForm.CROSS] * 2)
+    sp4asc, sp4asc_kept, main_form, cross, cached_fp32, cached = _models(config, [BlockForm.SP4ASC] * 3 + [BlockForm.CROSS] * 3)
+    fp32 = dataclasses.replace(config, mixed_precision="off")
+    precision = precision_name(torch.device("cpu"), config.mixed_precision)
 
-    def step(model_optimizer, frontend=None) -> Callable[[], object]:
+    def step(model_optimizer, recipe, frontend=None) -> Callable[[], object]:
         model, optimizer = model_optimizer
 
         def call() -> object:
             if frontend is None:
-                return train_step(model, optimizer, scaler, logmel, labels, config)
+                return train_step(model, optimizer, scaler, logmel, labels, recipe)
             with torch.no_grad():
                 features = frontend(waveform)
-            return train_step(model, optimizer, scaler, features, labels, config)
+            return train_step(model, optimizer, scaler, features, labels, recipe)
 
         return call
 
     rows = [  # (label, call, freed memory kept, note)
-        (f"{BASELINE}, default malloc", step(sp4asc, theirs), False, "torchlibrosa frontend in the step, SP4ASC block form"),
-        (BASELINE, step(sp4asc_kept, theirs), True, "the same, freed memory kept: the baseline"),
-        ("SP4ASC form, own frontend", step(main_form, ours), True, "asc-train's step before the CROSS form"),
-        ("asc-train, from waveform", step(cross, ours), True, "CROSS form, frontend in the step"),
-        ("asc-train, cached log-mel", step(cached), True, "CROSS form; log-mel computed once per clip (epoch table)"),
+        (f"{BASELINE}, default malloc", step(sp4asc, fp32, theirs), False, "torchlibrosa frontend in the step, SP4ASC block form, float32"),
+        (BASELINE, step(sp4asc_kept, fp32, theirs), True, "the same, freed memory kept: the baseline"),
+        ("SP4ASC form, own frontend", step(main_form, fp32, ours), True, "asc-train's step before the CROSS form, float32"),
+        ("asc-train, from waveform", step(cross, config, ours), True, f"CROSS form, frontend in the step, {precision}"),
+        ("asc-train, cached log-mel, float32", step(cached_fp32, fp32), True, "CROSS form; log-mel computed once per clip (epoch table)"),
+        ("asc-train, cached log-mel", step(cached, config), True, f"the same, {precision}: what asc-train runs here"),
     ]
     times: dict[str, list[list[float]]] = {label: [] for label, *_ in rows}
     gemm: list[float] = []
@@ -180,7 +187,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
     from asc_deploy.models.cnn6 import BlockForm
     from asc_deploy.models.frontend import LogMelFrontend
     from asc_deploy.train.dataset import SceneDataset, load_clip, read_split
-    from asc_deploy.train.trainer import LogMelBatches, Runtime, TrainingState, predict, train_epoch, train_step
+    from asc_deploy.train.trainer import LogMelBatches, Runtime, TrainingState, precision_name, predict, train_epoch, train_step
 
     torch.set_num_threads(threads)
     device = torch.device("cpu")
@@ -192,6 +199,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
     (sp4asc, sp4asc_optimizer), = _models(config, [BlockForm.SP4ASC])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     workers = config.num_workers
+    fp32 = dataclasses.replace(config, mixed_precision="off")
 
     def sp4asc_epoch(epoch: int) -> None:
         sampler.set_epoch(epoch)
@@ -199,7 +207,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
         for waveform, labels, _ in DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=workers):
             with torch.no_grad():
                 features = theirs(waveform)
-            train_step(sp4asc, sp4asc_optimizer, scaler, features, labels, config)
+            train_step(sp4asc, sp4asc_optimizer, scaler, features, labels, fp32)
         sp4asc.eval()
         with torch.no_grad():
             for waveform, _, _ in DataLoader(eval_set, batch_size=config.batch_size, num_workers=workers):
@@ -231,8 +239,8 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
                 times[key].append([time.perf_counter() - started])
             progress(f"epoch {epoch} {key}: {times[key][-1][0]:.1f} s")
     work = f"{len(train_set)} train clips in batches of {config.batch_size}, {len(eval_set)} evaluate clips"
-    sp4asc_row = _row(f"{BASELINE} loop, epoch", times["sp4asc"], f"{work}; frontend every step, default malloc", speedup=1.0)
-    ours = _row("asc-train epoch", times["ours"], "the same steps and evaluation on cached log-mel", speedup=sp4asc_row.median / max(
+    sp4asc_row = _row(f"{BASELINE} loop, epoch", times["sp4asc"], f"{work}; frontend every step, default malloc, float32", speedup=1.0)
+    ours = _row("asc-train epoch", times["ours"], f"the same steps ({precision_name(device, config.mixed_precision)}) and evaluation on cached log-mel", speedup=sp4asc_row.median / max(
         float(np.median(times["ours"])), 1e-9))
     amortised = ours.median + cache_s / config.epochs
     return [

@@ -5,7 +5,8 @@ SP4ASC recipes for 10 s clips; ``demo``: the ce recipe sized for the synthetic d
 laptop CPU, with SpecAugment and a calibration hold-out).
 Files are parsed with ``yaml.safe_load`` (data only, no tags that build objects) and every key
 is checked: an unknown or missing key, or a value of the wrong type or range, raises
-:class:`AscError` naming the file. Only ``holdout`` may be left out (0: train on the whole split).
+:class:`AscError` naming the file. Only ``holdout`` (0: train on the whole split) and
+``mixed_precision`` ("auto") may be left out.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from asc_deploy.errors import AscError
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_CONFIGS: tuple[str, ...] = ("ce", "demo", "focal", "mixup")
 LOSSES: tuple[str, ...] = ("ce", "focal")
+MIXED_PRECISION: tuple[str, ...] = ("auto", "off")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training recipe. Every field but ``holdout`` is required in a config file."""
+    """One training recipe. Every field but ``holdout`` and ``mixed_precision`` is required in a config file."""
 
     epochs: int  # passes over the training split; also the cosine schedule's T_max
     batch_size: int  # clips per optimiser step (per process under torchrun)
@@ -41,9 +43,12 @@ class TrainConfig:
     # fraction of the training split held out for asc-calibrate, whole recording locations at a
     # time (asc_deploy.train.holdout, seeded by ``seed``); 0: train on every training clip
     holdout: float = 0.0
+    # "auto": fp16 autocast on CUDA, bf16 autocast on CPUs with native bf16 arithmetic (AVX512-BF16
+    # or AMX), float32 elsewhere (asc_deploy.train.trainer.autocast_dtype); "off": float32 everywhere
+    mixed_precision: str = "auto"
 
 
-OPTIONAL_KEYS = frozenset({"holdout"})
+OPTIONAL_KEYS = frozenset({"holdout", "mixed_precision"})
 
 def _number(value: Any, integer: bool) -> bool:
     """True for an int (and, unless ``integer``, a float); never for a bool."""
@@ -68,6 +73,8 @@ def _check(name: str, value: Any) -> str | None:
         return None if ok else "must be null or a list of 4 integers >= 0 [T frames, n time stripes, F mel bins, m frequency stripes]"
     if name == "loss":
         return None if value in LOSSES else f"must be one of {list(LOSSES)}"
+    if name == "mixed_precision":
+        return None if value in MIXED_PRECISION else f"must be one of {list(MIXED_PRECISION)}"
     raise AssertionError(f"no check for field {name}")
 
 
@@ -86,7 +93,7 @@ def config_from_dict(data: Any, source: str | Path) -> TrainConfig:
     for name in names:
         problem = _check(name, data[name])
         if problem:
-            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(data[name], str) and name != "loss" else ""
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(data[name], str) and name not in ("loss", "mixed_precision") else ""
             raise AscError(f"{name}: {problem}, got {data[name]!r}{hint}", source)
     if data["eta_min"] > data["lr"]:
         raise AscError(f"eta_min ({data['eta_min']}) must not exceed lr ({data['lr']})", source)

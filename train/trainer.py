@@ -3,7 +3,7 @@
 Per step: log-mel (batch, 1, frames, mel_bins) of the shared :class:`LogMelFrontend` (float32,
 outside autocast) -> optional mixup of log-mel and one-hot targets -> Cnn6 in its CROSS block
 form (:class:`BlockForm`: the same function and state dict, faster; SpecAugment inside, training
-mode; fp16 autocast on CUDA) -> cross-entropy or focal loss on the (soft) targets -> AdamW step.
+mode; under the config's mixed precision, :func:`autocast_dtype`) -> cross-entropy or focal loss on the (soft) targets -> AdamW step.
 Nothing augments the waveform, so the log-mel of every clip is computed once, on the training
 device, and kept there for every epoch (:class:`LogMelBatches`) when it fits
 :data:`CACHE_BUDGET_BYTES`; otherwise each batch's waveforms are read and transformed again.
@@ -79,6 +79,26 @@ def mixup(logmel: torch.Tensor, targets: torch.Tensor, lam: float, permutation: 
     return lam * logmel + (1.0 - lam) * logmel[permutation], lam * targets + (1.0 - lam) * targets[permutation]
 
 
+def autocast_dtype(device: torch.device, mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype of training and evaluation on ``device`` under the config's
+    ``mixed_precision``: "auto" is float16 on CUDA (with loss scaling) and bfloat16 on a CPU with
+    native bf16 arithmetic (AVX512-BF16 or AMX: its convolutions run about twice as fast, and
+    bfloat16 keeps float32's range, so no loss scaling); None (float32) otherwise and for "off"."""
+    if mixed_precision == "off":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.bfloat16 if device.type == "cpu" and native else None
+
+
+def precision_name(device: torch.device, mixed_precision: str) -> str:
+    """What :func:`autocast_dtype` means for training on ``device``, in words: "float32",
+    "bfloat16 autocast" or "float16 autocast"."""
+    dtype = autocast_dtype(device, mixed_precision)
+    return "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -99,7 +119,8 @@ def train_step(
     if config.mixup_alpha is not None:
         lam = float(torch.distributions.Beta(config.mixup_alpha, config.mixup_alpha).sample())
         logmel, targets = mixup(logmel, targets, lam, torch.randperm(len(labels)).to(device))
-    with torch.autocast(device.type, enabled=device.type == "cuda"):
+    dtype = autocast_dtype(device, config.mixed_precision)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         logits = model(logmel)
     loss = focal_loss(logits, targets, config.focal_gamma if config.loss == "focal" else 0.0)
     optimizer.zero_grad(set_to_none=True)
@@ -112,7 +133,9 @@ def train_step(
 @torch.no_grad()
 def predict(model: Cnn6, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> np.ndarray:
     """Class probabilities (clips, classes) float64 of batches of (log-mel, labels) on ``device``,
-    in batch order, computed in eval mode (the model's mode is restored afterwards)."""
+    in batch order, computed in eval mode (the model's mode is restored afterwards): float32 on
+    the CPU whatever the training precision (the scores of the model asc-export writes), fp16
+    autocast on CUDA."""
     was_training = model.training
     model.eval()
     probs = []
@@ -440,7 +463,7 @@ def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume
     log = RunLog(out_dir, completed) if rt.is_main else None
     if rt.is_main:
         click.echo(
-            f"training on {rt.device} x {rt.world_size}: {len(train_clips)} train and {len(eval_clips)} evaluate clips of "
+            f"training on {rt.device} x {rt.world_size} ({precision_name(rt.device, config.mixed_precision)}): {len(train_clips)} train and {len(eval_clips)} evaluate clips of "
             f"{samples / SAMPLE_RATE:g} s{f' ({len(holdout.calibration)} held out for calibration)' if holdout else ''}, epochs {completed + 1}-{config.epochs}, {config_to_dict(config)}",
             err=True,
         )

@@ -46,9 +46,11 @@ def cross_kernel(time_weight: torch.Tensor, freq_weight: torch.Tensor) -> torch.
 def _tap_sums(grad: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per channel, the sum over batch, frames and bins of ``grad`` times ``x`` shifted to each
     tap of the dilated cross kernel: (frame - 2, centre, frame + 2, bin - 2, bin + 2), each
-    (channels,). grad and x (batch, channels, frames, bins)."""
-    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vecdot(a, b, dim=-1).sum((0, 2))  # no (batch, channels, frames, bins) product kept
+    (channels,), at least float32. grad and x (batch, channels, frames, bins), bfloat16 under autocast."""
+    total = torch.promote_types(grad.dtype, torch.float32)  # bfloat16 partial sums are added in float32
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # no (batch, channels, frames, bins) product kept
+        return torch.linalg.vecdot(a, b, dim=-1).sum((0, 2), dtype=total)
 
     return (dot(grad[:, :, 2:], x[:, :, :-2]), dot(grad, x), dot(grad[:, :, :-2], x[:, :, 2:]),
             dot(grad[..., 2:], x[..., :-2]), dot(grad[..., :-2], x[..., 2:]))
@@ -62,6 +64,7 @@ class CrossDepthwise(torch.autograd.Function):
     Forward and the input gradient are oneDNN's fast depthwise forward convolution (the input
     gradient of a same-padded correlation is the correlation of the output gradient with the
     flipped kernel); the weight gradients are five per-channel dot products (:func:`_tap_sums`).
+    Under bfloat16 autocast x, the output and its gradient are bfloat16 and the kernel is cast to them.
     """
 
     @staticmethod
@@ -76,7 +79,7 @@ class CrossDepthwise(torch.autograd.Function):
         x, kernel = ctx.saved_tensors
         grad_x = grad_time = grad_freq = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, kernel.flip(2, 3), padding=2, dilation=2, groups=kernel.shape[0])
+            grad_x = F.conv2d(grad, kernel.flip(2, 3).to(grad.dtype), padding=2, dilation=2, groups=kernel.shape[0])
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             up, centre, down, left, right = _tap_sums(grad, x)
             grad_time = torch.stack([up, centre, down], dim=1).view(-1, 1, 3, 1)
@@ -84,8 +87,15 @@ class CrossDepthwise(torch.autograd.Function):
         return grad_x, grad_time, grad_freq
 
 
+def average_pool(x: torch.Tensor) -> torch.Tensor:
+    """``avg_pool2d(x, 2)`` of x (batch, channels, frames, bins) as a depthwise 2x2 convolution of
+    stride 2 with weights 1/4 (exact in binary floating point): on the CPU oneDNN's convolution
+    is 2.5x (float32) to 4x (bfloat16) faster than torch's avg_pool2d on contiguous maps."""
+    return F.conv2d(x, x.new_full((x.shape[1], 1, 2, 2), 0.25), stride=2, groups=x.shape[1])
+
+
 class ReluPool(torch.autograd.Function):
-    """ReLU then 2x2 average pooling (stride 2, odd trailing rows and columns dropped): x (batch,
+    """ReLU then 2x2 average pooling (:func:`average_pool`: stride 2, odd trailing rows and columns dropped): x (batch,
     channels, frames, bins) -> (batch, channels, frames // 2, bins // 2). The backward pass spreads
     the output gradient over each 2x2 window by nearest upsampling, then one ``threshold_backward``:
     two passes over the full-size map instead of torch's three (zero fill, pooling backward, ReLU
@@ -95,7 +105,7 @@ class ReluPool(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
         rectified = torch.relu(x)
         ctx.save_for_backward(rectified)
-        return F.avg_pool2d(rectified, 2)
+        return average_pool(rectified)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:

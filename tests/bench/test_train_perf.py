@@ -9,7 +9,7 @@ from asc_deploy.bench.train_perf import main
 from tests.train.test_trainer import make_tiny_data, write_config
 
 STEP_ROWS = ["SP4ASC eager, default malloc", "SP4ASC eager", "SP4ASC form, own frontend", "asc-train, from waveform",
-             "asc-train, cached log-mel", "floor"]
+             "asc-train, cached log-mel, float32", "asc-train, cached log-mel", "floor"]
 EPOCH_ROWS = ["SP4ASC eager loop, epoch", "asc-train epoch", "asc-train log-mel cache (once)", "asc-train epoch + cache / 2"]
 
 

@@ -101,3 +101,11 @@ def test_holdout_is_optional_and_checked(tmp_path: Path) -> None:
     for bad in (1, -0.1, "0.2", True):
         with pytest.raises(AscError, match=r"holdout: must be a number in \[0, 1\)"):
             load_config(write(tmp_path, holdout=bad))
+
+
+def test_mixed_precision_is_optional_and_checked(tmp_path: Path) -> None:
+    assert load_config("demo").mixed_precision == "auto"
+    assert load_config(write(tmp_path, mixed_precision="off")).mixed_precision == "off"
+    for bad in ("bf16", True, None):
+        with pytest.raises(AscError, match=r"mixed_precision: must be one of \['auto', 'off'\]"):
+            load_config(write(tmp_path, mixed_precision=bad))

@@ -131,8 +131,11 @@ def depthwise_cross(x: torch.Tensor, time_weight: torch.Tensor, freq_weight: tor
 
 
 def relu_pool(x: torch.Tensor) -> torch.Tensor:
-    """``avg_pool2d(relu(x), 2)``; on the CPU, where a gradient is needed, :class:`ReluPool`'s."""
-    return ReluPool.apply(x) if _cpu_backward(x) else F.avg_pool2d(torch.relu(x), 2)
+    """``avg_pool2d(relu(x), 2)``; on the CPU :func:`average_pool`'s pooling, with :class:`ReluPool`'s
+    backward where a gradient is needed."""
+    if _cpu_backward(x):
+        return ReluPool.apply(x)
+    return average_pool(torch.relu(x)) if x.device.type == "cpu" else F.avg_pool2d(torch.relu(x), 2)
 
 
 class SeparableConvBlock(nn.Module):

@@ -32,7 +32,7 @@ from asc_deploy import __version__
 from asc_deploy.atomic import atomic_path
 from asc_deploy.export.loop import loop_over_passes
 from asc_deploy.export.program import Precision, Signature, export_frontend_program, export_graph_program, signature
-from asc_deploy.export.quiet import quiet_logger
+from asc_deploy.export.quiet import quiet_logger, torch_export_notices_ignored
 from asc_deploy.labels import CLASS_LABELS, CLIP_SECONDS, HOP_LENGTH, MEL_BINS, N_FFT, SAMPLE_RATE
 from asc_deploy.metadata import INPUT_LOGMEL, OUTPUT_LOGMEL, Graph, ModelMetadata, stream_cnn_paths, stream_graph_paths
 from asc_deploy.models import load_checkpoint
@@ -133,7 +133,7 @@ def lower_to_onnx(program: torch.export.ExportedProgram, signature: Signature) -
     matrices that the frontend builds from its compact buffers are not (runtimes fold them at
     load), which keeps the file at about a third of a folded one.
     """
-    with quiet_logger("torch.onnx._internal.exporter._registration", logging.ERROR):  # notes about torchvision ops it does not need
+    with quiet_logger("torch.onnx._internal.exporter._registration", logging.ERROR), torch_export_notices_ignored():  # notes about torchvision ops
         onnx_program = torch.onnx.export(program, dynamo=True, opset_version=OPSET, optimize=False, verbose=False,
                                          input_names=list(signature.inputs), output_names=list(signature.outputs))
     onnxscript.optimizer.optimize_ir(onnx_program.model, onnx_shape_inference=False, input_size_limit=FOLD_LIMIT,

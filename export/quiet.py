@@ -1,11 +1,17 @@
-"""Quieting the chatty loggers of the libraries the exporters call (torch's ONNX exporter,
-onnxruntime's converter and quantiser), which asc-export replaces with its own one-line summary."""
+"""Quieting what the exporters' libraries print that a user of asc-export cannot act on (torch's
+ONNX exporter, onnxruntime's converter and quantiser, ExecuTorch's imports, torch.export's own
+deprecation notices); asc-export prints its own one-line summary instead."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
+
+# torch 2.13 warns from inside torch.export whenever it copies a program's tree specs
+# (run_decompositions, to_edge): torch's own code, nothing an exporter can change
+TREESPEC_NOTICE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 @contextlib.contextmanager
@@ -18,3 +24,11 @@ def quiet_logger(name: str | None, level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def torch_export_notices_ignored() -> Iterator[None]:
+    """Ignore :data:`TREESPEC_NOTICE` (a FutureWarning) for the block; every other warning shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TREESPEC_NOTICE, category=FutureWarning)
+        yield

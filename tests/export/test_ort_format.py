@@ -75,3 +75,23 @@ def test_failed_conversion_leaves_nothing(tmp_path):
     with pytest.raises(Exception):
         convert_to_ort(bad, tmp_path / "m.ort")
     assert [p.name for p in tmp_path.iterdir()] == ["bad.onnx"]
+
+
+def test_export_cli_lowers_several_formats_in_one_call(tmp_path):
+    """--format onnx,ort: one call writes both from one export, the .ort converted from the .onnx
+    beside it (the same graph: the same metadata and scores on a clip); the streaming graphs beside
+    the .onnx; trt and triton refuse company."""
+    from asc_deploy.export.cli import main
+
+    out = tmp_path / "demo.fp32.onnx"
+    result = CliRunner().invoke(main, ["--checkpoint", str(checkpoint_path("ce")), "--format", "onnx,ort", "--stream", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [line.split(" (")[0] for line in result.output.splitlines() if line.startswith("wrote")] == \
+        [f"wrote {out}", f"wrote {tmp_path / 'demo.fp32.ort'}"]
+    assert {"demo.fp32.frontend.onnx", "demo.fp32.ort", "demo.fp32.required_operators.config"} <= {p.name for p in tmp_path.iterdir()}
+    assert read_model_metadata(tmp_path / "demo.fp32.ort") == read_model_metadata(out)
+    clip = np.random.default_rng(0).standard_normal((1, 44_100), np.float32) * 0.1
+    probs = [Classifier(path).predict(clip[0]).probs for path in (out, tmp_path / "demo.fp32.ort")]
+    assert np.abs(probs[0] - probs[1]).max() <= 1e-6
+    result = CliRunner().invoke(main, ["--checkpoint", str(checkpoint_path("ce")), "--format", "onnx,trt", "-o", str(out)])
+    assert result.exit_code == 2 and "trt and triton are exported alone" in result.output

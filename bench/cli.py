@@ -100,17 +100,28 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
 
 
 def _executorch_program(onnx_path: Path, precision: str, checkpoint: Path | None, reason: str) -> tuple[Path | None, str]:
-    """(ExecuTorch program exported beside ``onnx_path`` from ``checkpoint``, skip reason) for the
-    executorch backend: the single-pass classifier in fp32 or fp16."""
+    """(ExecuTorch program beside ``onnx_path``, skip reason) for the executorch backend: the
+    single-pass classifier in fp32 or fp16. The program already there is taken when it comes from
+    the same checkpoint at the same precision and temperature (``asc-export --format onnx,pte``
+    writes it there); otherwise it is exported there from ``checkpoint``."""
     if reason:
         return None, reason
-    if checkpoint is None or precision not in ("fp32", "fp16"):
-        return None, "exported from a checkpoint MODEL, in fp32 or fp16" if checkpoint is None else f"{precision}: not exported to ExecuTorch"
-    if read_model_metadata(onnx_path).variant == "tta":
+    meta = read_model_metadata(onnx_path)
+    if meta.variant == "tta":
         return None, "an ExecuTorch program is the single-pass classifier (--nb-aug 0)"
+    beside = onnx_path.with_suffix(".pte")
+    if beside.is_file():
+        from asc_deploy.bench.executorch_runner import read_pte_metadata
+
+        found = read_pte_metadata(beside)
+        if (found.checkpoint_sha256, found.precision, found.temperature) == (meta.checkpoint_sha256, meta.precision, meta.temperature):
+            return beside, ""
+    if checkpoint is None or precision not in ("fp32", "fp16"):
+        return None, ("exported from a checkpoint (MODEL or --reference), in fp32 or fp16" if checkpoint is None
+                      else f"{precision}: not exported to ExecuTorch")
     from asc_deploy.export.executorch import export_pte
 
-    return export_pte(checkpoint, onnx_path.with_suffix(".pte"), precision), ""
+    return export_pte(checkpoint, beside, precision), ""
 
 
 def run(model: Path, data: Path | None, split: str, backends: list[str], precisions: list[str], nb_aug: int, batch_size: int | None,

@@ -20,6 +20,28 @@ from asc_deploy.metadata import INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_LOGIT
 OUTPUTS = (OUTPUT_LOGITS, OUTPUT_PROBS)  # the program's outputs, by position
 
 
+def _load(path: Path):
+    from executorch.runtime import Runtime
+
+    try:
+        return Runtime.get().load_program(path)
+    except Exception as err:  # the runtime raises RuntimeError/ValueError with its own codes
+        raise AscError(f"ExecuTorch cannot load the program ({str(err).splitlines()[0] if str(err) else type(err).__name__})", path) from err
+
+
+def _metadata(program, path: Path) -> ModelMetadata:
+    try:
+        (raw,) = program.load_method(PTE_METADATA_METHOD).execute([])
+    except Exception as err:
+        raise AscError(f"not an asc-export program: no {PTE_METADATA_METHOD} method ({str(err).splitlines()[0] if str(err) else ''})", path) from err
+    return ModelMetadata.from_props(json.loads(raw), path)
+
+
+def read_pte_metadata(path: str | Path) -> ModelMetadata:
+    """The model contract in an ExecuTorch program's constant method; :class:`AscError` naming the file otherwise."""
+    return _metadata(_load(Path(path)), Path(path))
+
+
 class ExecuTorchRunner:
     """Runs a ``.pte`` with ExecuTorch's XNNPACK-enabled Python runtime. Feeds of more clips than
     the program's batch bound are run in slices of at most that many clips."""
@@ -32,18 +54,15 @@ class ExecuTorchRunner:
         self._bounds = (0, 0, 0)  # (clips per call, fewest samples, most samples), the program's, set by activate()
 
     def activate(self) -> None:
-        from executorch.runtime import Runtime
-
         from asc_deploy.export.program import MAX_BATCH, MAX_SAMPLES, MIN_SAMPLES
 
+        program = _load(self.model_path)
+        self.metadata = _metadata(program, self.model_path)
         try:
-            program = Runtime.get().load_program(self.model_path)
-            (raw,) = program.load_method(PTE_METADATA_METHOD).execute([])
             self._method = program.load_method("forward")
-        except Exception as err:  # the runtime raises RuntimeError/ValueError with its own codes
-            raise AscError(f"ExecuTorch cannot load the program ({str(err).splitlines()[0] if str(err) else type(err).__name__})",
+        except Exception as err:
+            raise AscError(f"ExecuTorch cannot load the program's forward ({str(err).splitlines()[0] if str(err) else type(err).__name__})",
                            self.model_path) from err
-        self.metadata = ModelMetadata.from_props(json.loads(raw), self.model_path)
         self._bounds = (MAX_BATCH, MIN_SAMPLES, MAX_SAMPLES)
 
     def infer(self, feed: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:

@@ -109,3 +109,21 @@ def test_cli_rejects_tta_for_pte(tmp_path):
     result = CliRunner().invoke(export_main, ["--checkpoint", str(checkpoint_path("ce")), "--format", "pte", "--tta", "-o", str(out)])
     assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("asc-export: error: --format pte")
     assert not out.exists()
+
+
+def test_bench_takes_the_program_beside_an_onnx_file_from_the_same_checkpoint(pte, tmp_path):
+    """asc-bench's executorch backend on an exported ONNX file: the .pte beside it (as asc-export
+    --format onnx,pte writes it) is benchmarked when it comes from the same checkpoint at the same
+    precision; otherwise, without a checkpoint to export from, the row is skipped with the reason."""
+    import shutil
+
+    from asc_deploy.bench.cli import _executorch_program
+    from asc_deploy.export.onnx_export import export_onnx
+
+    program = shutil.copyfile(pte("fp32"), tmp_path / "ce.fp32.pte")
+    same = export_onnx(checkpoint_path("ce"), tmp_path / "ce.fp32.onnx")
+    assert _executorch_program(same, "fp32", None, "") == (program, "")
+    other = export_onnx(checkpoint_path("ce"), tmp_path / "ce.fp16.onnx", "fp16")
+    shutil.copyfile(program, other.with_suffix(".pte"))  # an fp32 program beside an fp16 graph
+    path, reason = _executorch_program(other, "fp16", None, "")
+    assert path is None and reason == "exported from a checkpoint (MODEL or --reference), in fp32 or fp16"

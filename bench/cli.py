@@ -84,9 +84,7 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
             elif spec.kind == "executorch":
                 plan.append((spec, precision, *_executorch_program(path, precision, checkpoint, reason)))
             elif spec.kind == "ort" and usable:
-                from asc_deploy.export.ort_format import convert_to_ort
-
-                plan.append((spec, precision, convert_to_ort(path, engines_folder / f"{path.stem}.ort"), ""))
+                plan.append((spec, precision, _ort_file(path, engines_folder), ""))
             elif spec.kind == "tensorrt" and usable and read_model_metadata(path).schedule == "cpu":
                 plan.append((spec, precision, path, "a cpu-schedule graph is for onnxruntime on CPUs (export with --schedule gpu)"))
             elif spec.kind == "tensorrt" and usable and precision != "int8":
@@ -97,6 +95,17 @@ def _plan_runs(specs, files: dict[str, Path], checkpoint: Path | None, engines_f
             else:
                 plan.append((spec, precision, path, reason))
     return plan
+
+
+def _ort_file(onnx_path: Path, folder: Path) -> Path:
+    """The ORT-format file of ``onnx_path``: the one beside it when its metadata is the ONNX file's
+    (``asc-export --format onnx,ort`` writes it there), else converted into ``folder``."""
+    beside = onnx_path.with_suffix(".ort")
+    if beside.is_file() and read_model_metadata(beside) == read_model_metadata(onnx_path):
+        return beside
+    from asc_deploy.export.ort_format import convert_to_ort
+
+    return convert_to_ort(onnx_path, folder / f"{onnx_path.stem}.ort")
 
 
 def _executorch_program(onnx_path: Path, precision: str, checkpoint: Path | None, reason: str) -> tuple[Path | None, str]:

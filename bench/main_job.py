@@ -2,8 +2,11 @@
 
 synthetic data set and one long synthetic recording -> the demo recipe (SpecAugment, a
 calibration hold-out) -> ``asc-calibrate`` (temperatures of the single pass and of TTA-A) ->
-``asc-export`` fp32 (with the streaming graphs) and fp16 -> ``asc-bench --nb-aug A`` on every
-backend available here, with the calibration table -> ``asc-stream`` over the long recording.
+``asc-export`` fp32 ONNX (with the streaming graphs) and the fp16 files for phones (ONNX, ORT
+format and, where the executorch extra is installed, an ExecuTorch program), each call lowering
+its formats from one export -> ``asc-bench --nb-aug A`` of the torch reference and the fp32 TTA
+graph, with the calibration table -> ``asc-bench --nb-aug 0`` of the fp16 phone files against the
+reference -> ``asc-stream`` over the long recording.
 
 Each step runs the project's own command in a subprocess, exactly as a user would type it, and
 stops the job at the first failure with that command's exit code. The summary is read back
@@ -16,6 +19,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,19 +27,45 @@ from pathlib import Path
 import click
 
 from asc_deploy.errors import AscError
+from asc_deploy.extras import missing_distributions
+
 RECORDING_SCENES = ("park", "metro", "street_traffic", "shopping_mall")  # the long recording, in this order
 STREAM_LINES_SHOWN = 4  # predictions of the stream printed at the top and at the end
 MARKER = ".asc-main-job"  # written first into the output folder: the folder is the main job's to replace
 
 
-def _step(title: str, args: list[str]) -> float:
-    click.echo(f"\n== {title}\n$ {' '.join(args)}", err=True)
+Step = tuple[str, list[str]]  # (title, the module and arguments of ``python -m``)
+
+
+def _run_steps(steps: Sequence[Step]) -> dict[str, float]:
+    """Run ``steps`` at the same time (one step: in the foreground, its output live; several: each
+    one's output shown when it ends, in order) and return each one's seconds; at the first failure
+    the others are stopped and the job exits with that step's code."""
+    for title, args in steps:
+        click.echo(f"\n== {title}\n$ {' '.join(args)}", err=True)
+    logs = [tempfile.TemporaryFile() if len(steps) > 1 else None for _ in steps]
     start = time.perf_counter()
-    code = subprocess.call([sys.executable, "-m", *args])
-    if code:
-        click.echo(f"main job: step '{title}' failed with exit code {code}", err=True)
-        sys.exit(code)
-    return time.perf_counter() - start
+    processes = [subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=log) for (_, args), log in zip(steps, logs)]
+    seconds: dict[str, float] = {}
+    try:
+        while len(seconds) < len(steps):
+            for (title, _), process, log in zip(steps, processes, logs):
+                if title in seconds or process.poll() is None:
+                    continue
+                seconds[title] = time.perf_counter() - start
+                if log is not None:
+                    log.seek(0)
+                    click.echo(f"\n== {title} ({seconds[title]:.1f} s)\n{log.read().decode(errors='replace').rstrip()}", err=True)
+                if process.returncode:
+                    click.echo(f"main job: step '{title}' failed with exit code {process.returncode}", err=True)
+                    sys.exit(process.returncode)
+            time.sleep(0.05)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+    return seconds
 
 
 def prepare_out(out: Path) -> None:
@@ -79,23 +109,27 @@ def stream_lines(path: Path, scenes: Sequence[str], seconds_per_scene: float) ->
     return lines
 
 
-def summary_lines(report: dict, models: Path, stream: list[str], report_path: Path) -> list[str]:
-    """The main job's summary: the calibration table with what TTA and T bought, parity and
-    size of every backend, the stream, and where the report is."""
+def summary_lines(tta: dict, phone: dict, models: Path, stream: list[str], reports: Sequence[Path]) -> list[str]:
+    """The main job's summary: the calibration table with what TTA and T bought (``tta``: the TTA
+    benchmark's report.json), parity and size of every backend of both benchmarks (``phone``: the
+    single-pass one of the phone files), the model files, the stream, and where the reports are."""
     from asc_deploy.bench.calibration import terminal_lines
     from asc_deploy.bench.report import terminal_table
 
-    lines = [f"data: {report['data']} ({report['split']} split, {report['clips']} clips); TTA passes: {report['nb_aug']}"]
-    calibration = report.get("calibration")
+    lines = [f"data: {tta['data']} ({tta['split']} split, {tta['clips']} clips); TTA passes: {tta['nb_aug']}"]
+    calibration = tta.get("calibration")
     if calibration:
         rows = {r["model"]: r for r in calibration["rows"]}
         lines += ["", f"calibration per unit of compute ({calibration['method']} scaling fitted on {calibration['fitted_on']}):",
-                  *terminal_lines(calibration["rows"]), "", *_claims(rows, report["nb_aug"])]
-    ok = [r for r in report["runs"] if r["status"] != "skipped"]
-    lines += ["", f"every backend that ran here, against the torch reference (the trained model) on the same clips and stripes:",
-              terminal_table(ok), "", "files:"]
-    lines += [f"  {p.name:<32} {p.stat().st_size / 1024:8.1f} KiB" for p in sorted(models.iterdir()) if p.is_file()]
-    lines += ["", "stream:", *stream, "", f"report: {report_path}"]
+                  *terminal_lines(calibration["rows"]), "", *_claims(rows, tta["nb_aug"])]
+    for report, what in ((tta, f"TTA-{tta['nb_aug']}"), (phone, "single pass, the fp16 files for phones")):
+        ok = [r for r in report["runs"] if r["status"] != "skipped"]
+        lines += ["", f"{what}: every backend against the torch reference (the trained model) on the same clips"
+                      f"{' and stripes' if report['nb_aug'] else ''}:", terminal_table(ok)]
+        lines += [f"  {r['backend']} {r['precision']}: skipped ({r['reason']})" for r in report["runs"] if r["status"] == "skipped"]
+    lines += ["", "files:"]
+    lines += [f"  {p.name:<38} {p.stat().st_size / 1024:8.1f} KiB" for p in sorted(models.iterdir()) if p.is_file()]
+    lines += ["", "stream:", *stream, "", f"reports: {', '.join(str(r) for r in reports)}"]
     return lines
 
 
@@ -133,21 +167,30 @@ def main(out: Path, nb_aug: int, config: str, epochs: int | None, clips_per_clas
     start = time.perf_counter()
     data, train, models, report = out / "data", out / "train", out / "models", out / "report"
     recording, stream_out = out / "recording.wav", out / "stream.tsv"
-    calibrated, fp32 = models / "demo.pth", models / "demo.fp32.onnx"
+    calibrated, fp32, fp16 = models / "demo.pth", models / "demo.fp32.onnx", models / "demo.fp16.onnx"
+    fp32_tta = models / "demo.fp32.tta.onnx"
+    phone_formats, phone_backends = ("onnx,ort,pte", "torch,onnxruntime,ort,executorch") if not missing_distributions("executorch") \
+        else ("onnx,ort", "torch,onnxruntime,ort")
     synth = ["--clips-per-class-device", str(clips_per_class_device), "--seconds", str(seconds)]
-    steps = [
-        ("synthetic data set", ["asc_deploy.train.synth", str(data), *synth]),
-        ("one long synthetic recording", ["asc_deploy.train.synth", str(recording), "--recording", ",".join(RECORDING_SCENES),
-                                          "--seconds", str(scene_seconds), "--device", "s4"]),
-        ("train the demo recipe", ["asc_deploy.train.cli", "--config", config, "--data", str(data), "--out", str(train),
-                                   *(["--epochs", str(epochs)] if epochs else [])]),
-        (f"calibrate (single pass and TTA-{nb_aug}) on the held-out clips",
-         ["asc_deploy.train.calibrate_cli", "--model", str(train / "last.pth"), "--data", str(data), "--nb-aug", str(nb_aug), "-o", str(calibrated)]),
-        ("export ONNX fp32 and the streaming graphs", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--stream", "-o", str(fp32)]),
-        ("export ONNX fp16", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--fp16", "-o", str(models / "demo.fp16.onnx")]),
-        (f"benchmark every backend with {nb_aug} TTA passes",
-         ["asc_deploy.bench.cli", "--model", str(calibrated), "--data", str(data), "--nb-aug", str(nb_aug), "--report", str(report)]),
-        ("stream the long recording", ["asc_deploy.stream_cli", "--model", str(fp32), str(recording), "-o", str(stream_out)]),
+    steps: list[list[Step]] = [  # each group's steps run at the same time: the exports are single-threaded Python
+        [("synthetic data set", ["asc_deploy.train.synth", str(data), *synth]),
+         ("one long synthetic recording", ["asc_deploy.train.synth", str(recording), "--recording", ",".join(RECORDING_SCENES),
+                                           "--seconds", str(scene_seconds), "--device", "s4"])],
+        [("train the demo recipe", ["asc_deploy.train.cli", "--config", config, "--data", str(data), "--out", str(train),
+                                    *(["--epochs", str(epochs)] if epochs else [])])],
+        [(f"calibrate (single pass and TTA-{nb_aug}) on the held-out clips",
+          ["asc_deploy.train.calibrate_cli", "--model", str(train / "last.pth"), "--data", str(data), "--nb-aug", str(nb_aug), "-o", str(calibrated)])],
+        [("export ONNX fp32 and the streaming graphs", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--stream", "-o", str(fp32)]),
+         (f"export ONNX fp32 TTA-{nb_aug}", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--tta", "-o", str(fp32_tta)]),
+         (f"export fp16 for phones ({phone_formats.replace(',', ', ')})",
+          ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--fp16", "--format", phone_formats, "-o", str(fp16)])],
+        [(f"benchmark TTA-{nb_aug}: torch reference, onnxruntime fp32",
+          ["asc_deploy.bench.cli", "--model", str(fp32_tta), "--reference", str(calibrated), "--data", str(data), "--nb-aug", str(nb_aug),
+           "--backends", "torch,onnxruntime", "--report", str(report / "tta")])],
+        [("benchmark the fp16 phone files, single pass",
+          ["asc_deploy.bench.cli", "--model", str(fp16), "--reference", str(calibrated), "--data", str(data), "--nb-aug", "0",
+           "--backends", phone_backends, "--report", str(report / "phone")]),
+         ("stream the long recording", ["asc_deploy.stream_cli", "--model", str(fp32), str(recording), "-o", str(stream_out)])],
     ]
     try:
         prepare_out(out)
@@ -155,17 +198,19 @@ def main(out: Path, nb_aug: int, config: str, epochs: int | None, clips_per_clas
         click.echo(f"main job: error: {err}", err=True)
         sys.exit(1)
     try:
-        timings = {title: _step(title, args) for title, args in steps}
+        timings = [_run_steps(group) for group in steps]
     except KeyboardInterrupt:  # the step's own command saw Ctrl-C too and left no half-written file
         click.echo("main job: interrupted", err=True)
         sys.exit(130)
     stream = stream_lines(stream_out, RECORDING_SCENES, scene_seconds)
-    lines = summary_lines(json.loads((report / "report.json").read_text()), models, stream, report / "report.md")
+    tta, phone = (json.loads((report / name / "report.json").read_text()) for name in ("tta", "phone"))
+    lines = summary_lines(tta, phone, models, stream, [report / name / "report.md" for name in ("tta", "phone")])
     click.echo("\n== summary\n" + "\n".join(lines))
-    click.echo("\ntimings:")
-    for title, seconds_taken in timings.items():
-        click.echo(f"  {title:<55} {seconds_taken:7.1f} s")
-    click.echo(f"  {'total':<55} {time.perf_counter() - start:7.1f} s")
+    click.echo("\ntimings (& : ran at the same time as the & lines beside it; the total is wall time):")
+    for group in timings:
+        for title, seconds_taken in group.items():
+            click.echo(f" {'&' if len(group) > 1 else ' '} {title:<55} {seconds_taken:7.1f} s")
+    click.echo(f"   {'total':<55} {time.perf_counter() - start:7.1f} s")
 
 
 if __name__ == "__main__":

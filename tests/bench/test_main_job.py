@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -45,24 +46,58 @@ def test_claims_state_the_tta_gain_and_the_share_of_it_that_t_gets() -> None:
     assert _claims(rows, 30)[1] == "TTA-30 did not lower the log loss of this model (single pass + T: 0.9500)"
 
 
+class _FinishedProcess:
+    """What subprocess.Popen returns, for a step that has already ended with ``returncode``."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def terminate(self) -> None:
+        pass
+
+    def wait(self) -> int:
+        return self.returncode
+
+
 def test_ctrl_c_ends_the_job_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def interrupted(args: list[str]) -> int:
+    def interrupted(args: list[str], **kwargs: object) -> _FinishedProcess:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(main_job.subprocess, "call", interrupted)
+    monkeypatch.setattr(main_job.subprocess, "Popen", interrupted)
     result = CliRunner().invoke(main_job.main, ["--out", str(tmp_path / "demo")])
     assert result.exit_code == 130
     assert result.output.splitlines()[-1] == "main job: interrupted" and "Traceback" not in result.output
 
 
+def test_a_failed_step_stops_the_steps_running_beside_it(capsys: pytest.CaptureFixture) -> None:
+    """Two steps at the same time: the one that fails (no such module) ends the job with its exit
+    code at once; the other (a 60 s sleep) is stopped, not waited for; both outputs are shown."""
+    steps = [("sleep a minute", ["timeit", "-n", "1", "import time; time.sleep(60)"]), ("fail", ["asc_deploy.no_such_module"])]
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as info:
+        main_job._run_steps(steps)
+    assert info.value.code == 1 and time.perf_counter() - started < 20
+    err = capsys.readouterr().err
+    assert "== sleep a minute\n$ timeit" in err and "No module named asc_deploy.no_such_module" in err
+    assert err.rstrip().endswith("main job: step 'fail' failed with exit code 1")
+
+
+def test_steps_at_the_same_time_report_each_one_s_seconds() -> None:
+    seconds = main_job._run_steps([("one", ["timeit", "-n", "1", "import time; time.sleep(1)"]), ("two", ["timeit", "-n", "1", "pass"])])
+    assert list(seconds) == ["two", "one"] and seconds["one"] >= 1.0 > seconds["two"]
+
+
 def test_a_rerun_replaces_the_previous_run_and_nothing_else(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[list[str]] = []
 
-    def first_step_fails(args: list[str]) -> int:
+    def first_steps_fail(args: list[str], **kwargs: object) -> _FinishedProcess:
         calls.append(args)
-        return 3
+        return _FinishedProcess(3)
 
-    monkeypatch.setattr(main_job.subprocess, "call", first_step_fails)
+    monkeypatch.setattr(main_job.subprocess, "Popen", first_steps_fail)
     out = tmp_path / "demo"
     (out / "train").mkdir(parents=True)
     (out / "train" / "last.pth").write_bytes(b"a previous run")
@@ -73,6 +108,6 @@ def test_a_rerun_replaces_the_previous_run_and_nothing_else(monkeypatch: pytest.
 
     (out / main_job.MARKER).write_text("")  # as the main job leaves its folder
     result = CliRunner().invoke(main_job.main, ["--out", str(out)])
-    assert f"main job: replacing the previous run in {out}" in result.output and result.exit_code == 3 and len(calls) == 1
+    assert f"main job: replacing the previous run in {out}" in result.output and result.exit_code == 3
+    assert len(calls) == 2  # the first group: the data set and the recording, started together
     assert sorted(p.name for p in out.iterdir()) == [main_job.MARKER]  # emptied before the first step ran
-

@@ -16,6 +16,7 @@ from the files the steps wrote (report.json, the models, the stream's output).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,13 +40,15 @@ Step = tuple[str, list[str]]  # (title, the module and arguments of ``python -m`
 
 def _run_steps(steps: Sequence[Step]) -> dict[str, float]:
     """Run ``steps`` at the same time (one step: in the foreground, its output live; several: each
-    one's output shown when it ends, in order) and return each one's seconds; at the first failure
-    the others are stopped and the job exits with that step's code."""
+    one's output shown when it ends) and return each one's seconds, in the order they ended; at the
+    first failure the others are stopped and the job exits with that step's code. The first step
+    is the longest: the others run at a lower priority (nice 10), so that it keeps a core."""
     for title, args in steps:
         click.echo(f"\n== {title}\n$ {' '.join(args)}", err=True)
     logs = [tempfile.TemporaryFile() if len(steps) > 1 else None for _ in steps]
     start = time.perf_counter()
-    processes = [subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=log) for (_, args), log in zip(steps, logs)]
+    processes = [subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=log, preexec_fn=(lambda: os.nice(10)) if index else None)
+                 for index, ((_, args), log) in enumerate(zip(steps, logs))]
     seconds: dict[str, float] = {}
     try:
         while len(seconds) < len(steps):
@@ -173,17 +176,17 @@ def main(out: Path, nb_aug: int, config: str, epochs: int | None, clips_per_clas
         else ("onnx,ort", "torch,onnxruntime,ort")
     synth = ["--clips-per-class-device", str(clips_per_class_device), "--seconds", str(seconds)]
     steps: list[list[Step]] = [  # each group's steps run at the same time: the exports are single-threaded Python
-        [("synthetic data set", ["asc_deploy.train.synth", str(data), *synth]),
-         ("one long synthetic recording", ["asc_deploy.train.synth", str(recording), "--recording", ",".join(RECORDING_SCENES),
+        [("synthetic data set", ["asc_deploy.train.synth", str(data), *synth])],
+        [("one long synthetic recording", ["asc_deploy.train.synth", str(recording), "--recording", ",".join(RECORDING_SCENES),
                                            "--seconds", str(scene_seconds), "--device", "s4"])],
         [("train the demo recipe", ["asc_deploy.train.cli", "--config", config, "--data", str(data), "--out", str(train),
                                     *(["--epochs", str(epochs)] if epochs else [])])],
         [(f"calibrate (single pass and TTA-{nb_aug}) on the held-out clips",
           ["asc_deploy.train.calibrate_cli", "--model", str(train / "last.pth"), "--data", str(data), "--nb-aug", str(nb_aug), "-o", str(calibrated)])],
-        [("export ONNX fp32 and the streaming graphs", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--stream", "-o", str(fp32)]),
-         (f"export ONNX fp32 TTA-{nb_aug}", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--tta", "-o", str(fp32_tta)]),
-         (f"export fp16 for phones ({phone_formats.replace(',', ', ')})",
-          ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--fp16", "--format", phone_formats, "-o", str(fp16)])],
+        [(f"export fp16 for phones ({phone_formats.replace(',', ', ')})",
+          ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--fp16", "--format", phone_formats, "-o", str(fp16)]),
+         ("export ONNX fp32 and the streaming graphs", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--stream", "-o", str(fp32)]),
+         (f"export ONNX fp32 TTA-{nb_aug}", ["asc_deploy.export.cli", "--checkpoint", str(calibrated), "--tta", "-o", str(fp32_tta)])],
         [(f"benchmark TTA-{nb_aug}: torch reference, onnxruntime fp32",
           ["asc_deploy.bench.cli", "--model", str(fp32_tta), "--reference", str(calibrated), "--data", str(data), "--nb-aug", str(nb_aug),
            "--backends", "torch,onnxruntime", "--report", str(report / "tta")])],

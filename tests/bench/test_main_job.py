@@ -109,5 +109,5 @@ def test_a_rerun_replaces_the_previous_run_and_nothing_else(monkeypatch: pytest.
     (out / main_job.MARKER).write_text("")  # as the main job leaves its folder
     result = CliRunner().invoke(main_job.main, ["--out", str(out)])
     assert f"main job: replacing the previous run in {out}" in result.output and result.exit_code == 3
-    assert len(calls) == 2  # the first group: the data set and the recording, started together
+    assert len(calls) == 1
     assert sorted(p.name for p in out.iterdir()) == [main_job.MARKER]  # emptied before the first step ran

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from asc_deploy.bench import main_job
-from asc_deploy.bench.main_job import _claims, stream_lines
+from asc_deploy.bench.main_job import _claims, stream_lines, summary_lines
 
 
 def test_stream_lines_count_the_windows_within_one_scene(tmp_path: Path) -> None:
@@ -44,6 +44,35 @@ def test_claims_state_the_tta_gain_and_the_share_of_it_that_t_gets() -> None:
     assert lines[2] == "TTA-30 + T: log loss 0.8800, ECE 0.0300"
     rows["TTA-30"] = _row("TTA-30", 1.1, 0.2, 0.6)
     assert _claims(rows, 30)[1] == "TTA-30 did not lower the log loss of this model (single pass + T: 0.9500)"
+
+
+def _run(backend: str, precision: str, logloss: float, parity: float | None = None, **extra: object) -> dict:
+    return {"backend": backend, "precision": precision, "status": "ok", "size_bytes": 2048, "reference": parity is None,
+            "metrics": {"logloss": logloss, "accuracy": 0.6, "ece": 0.1}, "timing": {"latency_p50_ms": 90.0},
+            "parity": None if parity is None else {"passed": True, "max_abs_prob": parity, "broken": []}, **extra}
+
+
+def test_summary_shows_both_benchmarks_the_files_and_the_reports(tmp_path: Path) -> None:
+    """The TTA report's calibration table and claims, then both backend tables (a skipped
+    backend on one line with its reason), the files with sizes, the stream, the reports."""
+    rows = [_row("single pass", 1.0, 0.10, 0.6), _row("single pass + T", 0.95, 0.05, 0.6), _row("TTA-30", 0.9, 0.04, 0.62),
+            _row("TTA-30 + T", 0.88, 0.03, 0.62)]
+    rows = [r | {"passes": 30 if "TTA" in r["model"] else 1, "temperature": 1.0, "micro_logloss": r["logloss"]} for r in rows]
+    tta = {"data": "d", "split": "evaluate", "clips": 270, "nb_aug": 30, "runs": [_run("torch-cpu", "fp32", 0.9), _run("onnxruntime-cpu", "fp32", 0.9, 3e-7)],
+           "calibration": {"method": "temperature", "fitted_on": "109 held-out training clips of d", "rows": rows}}
+    phone = {"nb_aug": 0, "runs": [_run("torch-cpu", "fp32", 1.0), _run("executorch-xnnpack", "fp16", 1.0, 8.7e-4),
+                                   {"backend": "onnxruntime-cuda", "precision": "fp16", "status": "skipped", "reason": "no CUDA GPU found"}]}
+    (tmp_path / "demo.fp16.pte").write_bytes(b"x" * 2048)
+    lines = summary_lines(tta, phone, tmp_path, ["  stream line"], [Path("r/tta/report.md"), Path("r/phone/report.md")])
+    text = "\n".join(lines)
+    assert lines[0] == "data: d (evaluate split, 270 clips); TTA passes: 30"
+    assert "TTA-30 against a single pass: log loss 1.0000 -> 0.9000 (-0.1000)" in text
+    assert "TTA-30: every backend against the torch reference (the trained model) on the same clips and stripes:" in text
+    assert "single pass, the fp16 files for phones: every backend against the torch reference (the trained model) on the same clips:" in text
+    assert "ok (max 3.0e-07)" in text and "ok (max 8.7e-04)" in text
+    assert "  onnxruntime-cuda fp16: skipped (no CUDA GPU found)" in lines
+    assert f"  {'demo.fp16.pte':<38} {2.0:8.1f} KiB" in lines
+    assert lines[-1] == "reports: r/tta/report.md, r/phone/report.md" and "  stream line" in lines
 
 
 class _FinishedProcess:

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from asc_deploy.errors import AscError
 from asc_deploy.extras import require_extras
+
+if TYPE_CHECKING:
+    from asc_deploy.export.onnx_export import Precision  # imported in main, after the extras check
 
 
 FORMATS = ("onnx", "ort", "trt", "triton", "pte")
@@ -34,7 +39,7 @@ def _formats(ctx: click.Context, param: click.Parameter, value: str) -> list[str
         raise click.BadParameter(f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(FORMATS)} (several of onnx, ort, pte with commas)")
     if len(formats) > 1 and any(f in ALONE for f in formats):
         raise click.BadParameter(f"{' and '.join(ALONE)} are exported alone; only onnx, ort and pte combine")
-    return list(dict.fromkeys(formats))
+    return sorted(set(formats), key=FORMATS.index)  # onnx before ort: the .ort is converted from the .onnx written
 
 
 def _outputs(formats: list[str], output: str | None, checkpoint: str, fp16: bool, tta: bool, int8: bool) -> dict[str, Path]:
@@ -101,10 +106,10 @@ def main(checkpoint: str, formats: list[str], fp16: bool, tta: bool, output: str
         precision = Precision.FP16 if fp16 else Precision.FP32
         for line in complexity_report(build_model(load_checkpoint(checkpoint))).lines():
             click.echo(line)
+        options = ExportOptions(precision, tta, schedule, stream, int8, calibration_data, workspace_mib, timing_cache, engine, trt_accelerator)
         with tempfile.TemporaryDirectory(prefix="asc-export-") as tmp:
             for fmt, path in outputs.items():
-                _export(fmt, path, checkpoint, precision, tta, schedule, stream, int8, calibration_data, outputs, Path(tmp),
-                        workspace_mib, timing_cache, engine, trt_accelerator)
+                _export(fmt, path, checkpoint, options, outputs, Path(tmp))
                 size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
                 click.echo(f"wrote {path} ({size / 1024:.1f} KiB, {'int8' if int8 else precision.value}{', TTA' if tta else ''}, "
                            f"{'XNNPACK delegate' if fmt == 'pte' else f'{schedule} schedule'})")
@@ -113,40 +118,58 @@ def main(checkpoint: str, formats: list[str], fp16: bool, tta: bool, output: str
         sys.exit(1)
 
 
-def _export(fmt: str, path: Path, checkpoint: str, precision, tta: bool, schedule: str, stream: bool, int8: bool,
-            calibration_data: str | None, outputs: dict[str, Path], tmp: Path, workspace_mib: int, timing_cache: str | None,
-            engine: bool, trt_accelerator: bool) -> None:
+@dataclass(frozen=True)
+class ExportOptions:
+    """asc-export's options, checked by :func:`main`, as every format's lowering reads them."""
+
+    precision: Precision
+    tta: bool
+    schedule: str
+    stream: bool
+    int8: bool
+    calibration_data: str | None
+    workspace_mib: int
+    timing_cache: str | None
+    engine: bool
+    trt_accelerator: bool
+
+    @property
+    def fp16(self) -> bool:
+        return self.precision.value == "fp16"
+
+
+def _export(fmt: str, path: Path, checkpoint: str, options: ExportOptions, outputs: dict[str, Path], tmp: Path) -> None:
     """Write ``fmt`` at ``path``. ort is converted from this call's ONNX file when it wrote one
     (the same graph), else from an ONNX export in ``tmp``."""
     from asc_deploy.export.onnx_export import export_onnx
 
-    if fmt == "onnx" and int8:
+    if fmt == "onnx" and options.int8:
         from asc_deploy.export.quantize import export_int8
 
-        export_int8(checkpoint, path, calibration_data, tta, schedule)
+        export_int8(checkpoint, path, options.calibration_data, options.tta, options.schedule)
     elif fmt == "onnx":
-        export_onnx(checkpoint, path, precision, tta, schedule, stream=stream)
+        export_onnx(checkpoint, path, options.precision, options.tta, options.schedule, stream=options.stream)
     elif fmt == "pte":
         from asc_deploy.export.executorch import export_pte
 
-        export_pte(checkpoint, path, precision)
+        export_pte(checkpoint, path, options.precision)
     elif fmt == "ort":
         from asc_deploy.export.ort_format import convert_to_ort
 
-        onnx_path = outputs["onnx"] if "onnx" in outputs else export_onnx(checkpoint, tmp / "model.onnx", precision, tta, schedule)
+        onnx_path = outputs.get("onnx") or export_onnx(checkpoint, tmp / "model.onnx", options.precision, options.tta, options.schedule)
         convert_to_ort(onnx_path, path)
     else:
         from asc_deploy.export.tensorrt import build_engine
 
-        onnx_path = export_onnx(checkpoint, tmp / "model.onnx", precision, tta)
+        onnx_path = export_onnx(checkpoint, tmp / "model.onnx", options.precision, options.tta)
         if fmt == "trt":
-            build_engine(onnx_path, path, fp16=precision.value == "fp16", workspace_mib=workspace_mib,
-                         timing_cache=Path(timing_cache) if timing_cache else None)
+            build_engine(onnx_path, path, fp16=options.fp16, workspace_mib=options.workspace_mib,
+                         timing_cache=Path(options.timing_cache) if options.timing_cache else None)
         else:
             from asc_deploy.export.triton import write_triton_repository
 
-            engine_path = build_engine(onnx_path, tmp / "model.engine", fp16=precision.value == "fp16", workspace_mib=workspace_mib) if engine else None
-            write_triton_repository(onnx_path, path, fp16=precision.value == "fp16", engine_path=engine_path, trt_accelerator=trt_accelerator)
+            engine_path = build_engine(onnx_path, tmp / "model.engine", fp16=options.fp16, workspace_mib=options.workspace_mib) if options.engine else None
+            write_triton_repository(onnx_path, path, fp16=options.fp16, engine_path=engine_path, trt_accelerator=options.trt_accelerator)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from asc_deploy.errors import AscError
+from asc_deploy.export.quiet import executorch_import_quieted
 from asc_deploy.metadata import INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_LOGITS, OUTPUT_PROBS, PTE_METADATA_METHOD, ModelMetadata
 
 OUTPUTS = (OUTPUT_LOGITS, OUTPUT_PROBS)  # the program's outputs, by position
 
 
 def _load(path: Path):
-    from executorch.runtime import Runtime
+    """The program at ``path`` in ExecuTorch's runtime (quietly imported: torchao's GPU-kernel and
+    torch's deprecation notices are nothing a benchmark user can act on)."""
+    with executorch_import_quieted():
+        from executorch.runtime import Runtime
 
     try:
         return Runtime.get().load_program(path)

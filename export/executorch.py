@@ -15,7 +15,6 @@ kernels. Needs the ``executorch`` extra.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ import torch
 from asc_deploy.atomic import atomic_path
 from asc_deploy.export.onnx_export import Precision, model_metadata
 from asc_deploy.export.program import export_program
-from asc_deploy.export.quiet import quiet_logger, torch_export_notices_ignored
+from asc_deploy.export.quiet import executorch_import_quieted, torch_export_notices_ignored
 from asc_deploy.metadata import PTE_METADATA_METHOD, ModelMetadata
 from asc_deploy.models import load_checkpoint
 
@@ -33,7 +32,7 @@ TARGETS = ("executorch-xnnpack",)
 def lower_to_executorch(program: torch.export.ExportedProgram, metadata: ModelMetadata) -> bytes:
     """The ``.pte`` bytes of ``program`` lowered with the XNNPACK delegate, ``metadata`` in its
     constant method :data:`~asc_deploy.metadata.PTE_METADATA_METHOD`."""
-    with quiet_logger("torchao", logging.ERROR), quiet_logger("torch.utils._pytree", logging.ERROR):  # kernels for GPUs, a deprecation
+    with executorch_import_quieted():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 

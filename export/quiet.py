@@ -32,3 +32,11 @@ def torch_export_notices_ignored() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TREESPEC_NOTICE, category=FutureWarning)
         yield
+
+
+@contextlib.contextmanager
+def executorch_import_quieted() -> Iterator[None]:
+    """For importing ExecuTorch: torchao logs a warning per CUDA kernel library it cannot load on
+    this machine, and torch a deprecation of an Enum constant that torchao registers."""
+    with quiet_logger("torchao", logging.ERROR), quiet_logger("torch.utils._pytree", logging.ERROR):
+        yield

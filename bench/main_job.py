@@ -8,8 +8,9 @@ its formats from one export -> ``asc-bench --nb-aug A`` of the torch reference a
 graph, with the calibration table -> ``asc-bench --nb-aug 0`` of the fp16 phone files against the
 reference -> ``asc-stream`` over the long recording.
 
-Each step runs the project's own command in a subprocess, exactly as a user would type it, and
-stops the job at the first failure with that command's exit code. The summary is read back
+Each step runs the project's own command in a subprocess, exactly as a user would type it (the
+exports, single-threaded Python, three at the same time), and the first failure stops the job
+with that command's exit code. The summary is read back
 from the files the steps wrote (report.json, the models, the stream's output).
 """
 
@@ -64,10 +65,12 @@ def _run_steps(steps: Sequence[Step]) -> dict[str, float]:
                     sys.exit(process.returncode)
             time.sleep(0.05)
     finally:
-        for process in processes:
+        for process, log in zip(processes, logs):
             if process.poll() is None:
                 process.terminate()
                 process.wait()
+            if log is not None:
+                log.close()
     return seconds
 
 

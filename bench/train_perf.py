@@ -228,7 +228,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
         sampler.set_epoch(epoch)
         torch.manual_seed(epoch)
         train_epoch(state.model, state, train_batches, config, runtime, f"asc-train epoch {epoch}")
-        predict(state.model, eval_batches, device)
+        predict(state.model, eval_batches, device, config.mixed_precision)
 
     times: dict[str, list[list[float]]] = {"sp4asc": [], "ours": []}
     for epoch in range(1, epoch_rounds + 1):

@@ -80,7 +80,7 @@ def mixup(logmel: torch.Tensor, targets: torch.Tensor, lam: float, permutation: 
 
 
 def autocast_dtype(device: torch.device, mixed_precision: str) -> torch.dtype | None:
-    """The autocast dtype of training and evaluation on ``device`` under the config's
+    """The autocast dtype of training on ``device`` (and of evaluation on CUDA) under the config's
     ``mixed_precision``: "auto" is float16 on CUDA (with loss scaling) and bfloat16 on a CPU with
     native bf16 arithmetic (AVX512-BF16 or AMX: its convolutions run about twice as fast, and
     bfloat16 keeps float32's range, so no loss scaling); None (float32) otherwise and for "off"."""
@@ -131,16 +131,18 @@ def train_step(
 
 
 @torch.no_grad()
-def predict(model: Cnn6, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> np.ndarray:
+def predict(model: Cnn6, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+            mixed_precision: str = "auto") -> np.ndarray:
     """Class probabilities (clips, classes) float64 of batches of (log-mel, labels) on ``device``,
-    in batch order, computed in eval mode (the model's mode is restored afterwards): float32 on
-    the CPU whatever the training precision (the scores of the model asc-export writes), fp16
-    autocast on CUDA."""
+    in batch order, computed in eval mode (the model's mode is restored afterwards): on CUDA under
+    :func:`autocast_dtype`'s fp16 ("auto") or float32 ("off"); float32 on the CPU whatever the
+    training precision (the scores of the model asc-export writes)."""
+    dtype = autocast_dtype(device, mixed_precision) if device.type == "cuda" else None
     was_training = model.training
     model.eval()
     probs = []
     for logmel, _ in batches:
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(logmel)
         probs.append(torch.softmax(logits.float(), dim=-1).cpu().double().numpy())
     model.train(was_training)
@@ -377,7 +379,7 @@ class TrainingState:
         model = Cnn6(dropout=config.dropout, spec_aug=config.spec_aug, block_form=BlockForm.CROSS).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.eta_min)
-        return cls(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=device.type == "cuda"))
+        return cls(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, config.mixed_precision) is torch.float16))
 
     def payload(self, config: TrainConfig, epoch: int, best_metric: float | None) -> dict[str, Any]:
         """The checkpoint after ``epoch`` epochs: tensors and plain Python values only (weights_only)."""
@@ -484,7 +486,7 @@ def _run(config: TrainConfig, data_dir: Path, out_dir: Path, rt: Runtime, resume
         if not rt.is_main:
             continue
         evaluate = epoch % config.eval_every == 0 or epoch == config.epochs
-        scores = score(predict(state.model, eval_loader, rt.device), eval_clips, train_devices) if evaluate else None
+        scores = score(predict(state.model, eval_loader, rt.device, config.mixed_precision), eval_clips, train_devices) if evaluate else None
         improved = scores is not None and (best_metric is None or scores["logloss"] < best_metric)
         best_metric = scores["logloss"] if improved else best_metric
         record = {

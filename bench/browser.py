@@ -268,6 +268,7 @@ def run_cli(model: Path, schedules: list[str], iterations: int, rounds: int, rep
         from asc_deploy.export.onnx_export import export_onnx
 
         models = [export_onnx(model, report_dir / "models" / f"browser.fp32.{s}.onnx", "fp32", False, s) for s in schedules]
+    report_dir.mkdir(parents=True, exist_ok=True)
     clip = report_dir / "browser-clip.wav"
     sf.write(clip, make_clips(1, 10.0, seed=0)[0], SAMPLE_RATE, subtype="FLOAT")
     benches = []

@@ -31,6 +31,7 @@ import torch
 from asc_deploy import __version__
 from asc_deploy.atomic import atomic_path
 from asc_deploy.export.loop import loop_over_passes
+from asc_deploy.export.pools import average_pools_as_convolutions
 from asc_deploy.export.program import Precision, Signature, export_frontend_program, export_graph_program, signature
 from asc_deploy.export.quiet import quiet_logger, torch_export_notices_ignored
 from asc_deploy.labels import CLASS_LABELS, CLIP_SECONDS, HOP_LENGTH, MEL_BINS, N_FFT, SAMPLE_RATE
@@ -203,8 +204,9 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
     beside ``output`` (:func:`~asc_deploy.metadata.stream_graph_paths`): the frontend without
     padding (waveform -> log-mel) and the classifier from log-mel, exported from the same modules,
     and for a single-pass model the same classifier split at its last feature map
-    (:func:`~asc_deploy.metadata.stream_cnn_paths`).
-    Nothing is left at ``output`` if any step fails.
+    (:func:`~asc_deploy.metadata.stream_cnn_paths`). The CNN's 2x2 average pools are written as
+    depthwise convolutions (:mod:`asc_deploy.export.pools`). Nothing is left at ``output`` if any
+    step fails.
     """
     precision, schedule = Precision(precision), Schedule(schedule)
     if schedule is Schedule.CPU and precision is Precision.FP16:
@@ -224,13 +226,14 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
         with_tta = tta and graph in (Graph.WAVEFORM, Graph.LOGMEL)
         if graph in (Graph.WAVEFORM, Graph.LOGMEL):
             if classifier is None:
-                classifier = lower_to_onnx(export_graph_program(checkpoint, Graph.LOGMEL, precision, tta, channel_groups),
-                                           signature(Graph.LOGMEL, tta))
+                classifier = average_pools_as_convolutions(lower_to_onnx(
+                    export_graph_program(checkpoint, Graph.LOGMEL, precision, tta, channel_groups), signature(Graph.LOGMEL, tta)))
             model = compose_with_frontend(classifier) if graph is Graph.WAVEFORM else classifier
         elif graph is Graph.FRONTEND:
             model = frontend_onnx(center=False)
         else:
-            model = lower_to_onnx(export_graph_program(checkpoint, graph, precision, False, channel_groups), signature(graph, False))
+            model = average_pools_as_convolutions(lower_to_onnx(export_graph_program(checkpoint, graph, precision, False, channel_groups),
+                                                                signature(graph, False)))
         if with_tta and schedule is Schedule.CPU:
             model = loop_over_passes(model)
         model.producer_name, model.producer_version = "asc-deploy", __version__

@@ -10,9 +10,10 @@ head (2 small Gemm) stays float32 too: it costs nothing and halves the log-loss 
 Two graph details make int8 pay on onnxruntime's CPU kernels (both leave the function unchanged):
 the first block (a convolution from ONE input channel, its ReLU and 2x2 average pool) stays
 float32, because onnxruntime's float NCHWc kernels beat its QLinearConv on a one-channel input
-and its QLinearAveragePool is slow; and the 2x2 average pools of the other blocks become
-depthwise 2x2 stride-2 convolutions with weights 1/4 (exact in int8), which run as fast
-QLinearConv depthwise kernels between the quantised convolutions.
+and its QLinearAveragePool is slow; and the 2x2 average pools of the other blocks are depthwise
+2x2 stride-2 convolutions with weights 1/4 (exact in int8; :mod:`asc_deploy.export.pools`, as
+asc-export writes every float model), which run as fast QLinearConv depthwise kernels between
+the quantised convolutions.
 
 Activation ranges are calibrated (min/max) on a bounded number of clips of the TRAINING split of
 a data set folder in the TAU 2020 Mobile layout (:func:`asc_deploy.train.dataset.read_split`),
@@ -31,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from asc_deploy.atomic import atomic_path
 from asc_deploy.errors import AscError
 from asc_deploy.export.loop import batch_passes, has_pass_loop, loop_over_passes
+from asc_deploy.export.pools import average_pools_as_convolutions, conv_channels, is_pool
 from asc_deploy.export.quiet import quiet_logger
 from asc_deploy.labels import num_frames
 from asc_deploy.metadata import INPUT_FREQ_STRIPES, INPUT_TIME_STRIPES, INPUT_WAVEFORM, ModelMetadata
@@ -71,58 +72,27 @@ def frontend_nodes(model: onnx.ModelProto) -> list[str]:
     return [node.name for node in model.graph.node if node.name.startswith(FRONTEND_SCOPE)]
 
 
-def _conv_channels(conv: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> tuple[int, int]:
-    """(output channels, input channels per group) of a Conv from its weight initializer."""
-    dims = initializers[conv.input[1]].dims
-    return int(dims[0]), int(dims[1])
-
-
 def prepare_for_int8(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Rewrite the CNN for onnxruntime's int8 kernels (module doc); returns the model (changed in
     place) and the names of the first block's nodes, which stay float32."""
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-
-    def conv_before(node: onnx.NodeProto | None) -> onnx.NodeProto | None:
-        """The Conv feeding ``node`` directly or through ReLUs."""
-        while node is not None and node.op_type == "Relu":
-            node = producer.get(node.input[0])
-        return node if node is not None and node.op_type == "Conv" else None
-
     keep_float: list[str] = []
     for node in graph.node:
-        if node.op_type == "Conv" and not node.name.startswith(FRONTEND_SCOPE) and _conv_channels(node, initializers)[1] == 1:
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            if group == 1:  # the first block's convolution from one input channel
-                keep_float.append(node.name)
-                follower = node
-                while (nxt := consumers.get(follower.output[0], [])) and len(nxt) == 1 and nxt[0].op_type in ("Relu", "AveragePool"):
-                    follower = nxt[0]
-                    keep_float.append(follower.name)
-                    if follower.op_type == "AveragePool":
-                        break
-    nodes = []
-    for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        conv = conv_before(producer.get(node.input[0])) if node.op_type == "AveragePool" and node.input else None
-        if (node.op_type == "AveragePool" and node.name not in keep_float and conv is not None
-                and list(attrs.get("kernel_shape", [])) == [2, 2] and list(attrs.get("strides", [])) == [2, 2]
-                and not any(attrs.get("pads", [])) and not attrs.get("ceil_mode", 0)):
-            channels = _conv_channels(conv, initializers)[0]
-            weight = f"{node.name}/depthwise_weight"
-            graph.initializer.append(numpy_helper.from_array(np.full((channels, 1, 2, 2), 0.25, np.float32), weight))
-            nodes.append(helper.make_node("Conv", [node.input[0], weight], list(node.output), name=node.name,
-                                          group=channels, kernel_shape=[2, 2], strides=[2, 2]))
-        else:
-            nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model, keep_float
+        if (node.op_type == "Conv" and not node.name.startswith(FRONTEND_SCOPE) and conv_channels(node, initializers)[1] == 1
+                and next((a.i for a in node.attribute if a.name == "group"), 1) == 1):  # the first block's, from one input channel
+            keep_float.append(node.name)
+            follower = node
+            while (nxt := consumers.get(follower.output[0], [])) and len(nxt) == 1 and (nxt[0].op_type == "Relu" or is_pool(nxt[0])):
+                follower = nxt[0]
+                keep_float.append(follower.name)
+                if is_pool(follower):
+                    break
+    return average_pools_as_convolutions(model), keep_float
 
 
 def _pick(clips: list, max_clips: int) -> list:

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from asc_deploy.export.loop import LOOP_NODE, SCORER_SCOPE, batch_passes, has_pass_loop, loop_over_passes
+from asc_deploy.export.pools import is_pool
 from asc_deploy.labels import num_frames
 from asc_deploy.metadata import ModelMetadata
 from asc_deploy.stripes import tta_stripes
@@ -36,8 +37,10 @@ def test_cpu_schedule_tta_equals_the_batched_graph(exported, reference):
     assert has_pass_loop(looped) and not has_pass_loop(batched)
     assert not [n.name for n in looped.graph.node if n.name.startswith(SCORER_SCOPE)]  # the whole scorer runs per pass
     body = loop_body(looped)
-    # channel groups (2, 4, 1, 1): 2 convolutions in the first block (1x1 folded), 2 x 4 in the second, 2 + 2 after
-    assert sum(n.op_type == "Conv" for n in body.node) == 14
+    # channel groups (2, 4, 1, 1): 2 convolutions in the first block (1x1 folded), 2 x 4 in the second, 2 + 2 after,
+    # and one pool (a depthwise 2x2 convolution) per group
+    assert sum(n.op_type == "Conv" and not is_pool(n) for n in body.node) == 14
+    assert sum(is_pool(n) for n in body.node) == 8 and not [n for n in body.node if n.op_type == "AveragePool"]
     assert {i.name for i in body.initializer} >= {"scorer.cnn.fc2.weight"}  # weights travel with the body
     assert ModelMetadata.from_props({p.key: p.value for p in looped.metadata_props}).schedule == "cpu"
     wave = reference["wave/10_short1s"]

@@ -70,6 +70,7 @@ def test_int8_cpu_schedule_keeps_the_pass_loop(int8, exported, reference):
     """A CPU-schedule TTA model is calibrated in its batched form and looped again: the quantised
     convolutions (weights dequantised inside the body) run one pass at a time."""
     from asc_deploy.export.loop import LOOP_NODE, has_pass_loop
+    from asc_deploy.export.pools import is_pool
     from asc_deploy.stripes import tta_stripes
 
     quantized = onnx.load(str(int8(True, "cpu")))
@@ -78,7 +79,8 @@ def test_int8_cpu_schedule_keeps_the_pass_loop(int8, exported, reference):
     body = loop.attribute[0].g
     assert sum(n.op_type in QDQ for n in body.node) > 10 and not [n for n in quantized.graph.node if n.op_type in QDQ]
     first_block = [n for n in body.node if n.op_type == "Conv" and n.name.startswith("/scorer/cnn.conv1/")]
-    assert len(first_block) == 4  # CPU_INT8_CHANNEL_GROUPS: the float first block in 4 groups
+    # CPU_INT8_CHANNEL_GROUPS: the float first block in 4 groups, each a convolution and its pool
+    assert len(first_block) == 8 and sum(is_pool(n) for n in first_block) == 4
     wave = reference["wave/10_short1s"][None]
     time, freq = tta_stripes((128, 2, 32, 2), 3, 44, 256, 0)
     feed = {"waveform": wave, "time_stripes": time, "freq_stripes": freq}

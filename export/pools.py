@@ -1,10 +1,10 @@
 """The CNN's 2x2 average pools of an ONNX graph as depthwise 2x2 stride-2 convolutions with weights
 1/4: the same values (the weights are exact in binary floating point; the four terms are added in
-another order: within 1 ulp), and the form that runs faster where onnxruntime's pooling kernel is
-slow. onnxruntime-web (WebAssembly, 1 thread, 10 s clip): 6.0 ms
-against 11.5 ms for the first block's pool alone, about 8 % of the whole graph; onnxruntime's x86
-CPU provider: the same time (both run in its NCHWc layout); int8: fast QLinearConv depthwise
-kernels instead of the slow QLinearAveragePool (:mod:`asc_deploy.export.quantize`).
+another order: within 1 ulp), in the form that runs faster where onnxruntime's pooling kernel is
+slow. onnxruntime-web (WebAssembly, 1 thread): the first block's pool of a 10 s clip 6.0 ms
+against 11.5 ms, the whole graph 8-10 % faster; onnxruntime's x86 CPU provider: the same time
+(both run in its NCHWc layout); int8: fast QLinearConv depthwise kernels instead of the slow
+QLinearAveragePool (:mod:`asc_deploy.export.quantize`).
 """
 
 from __future__ import annotations

@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from asc_deploy.errors import AscError
-from asc_deploy.export.quiet import executorch_import_quieted
+from asc_deploy.export.quiet import executorch_import_quieted, native_stderr_lines_dropped
 from asc_deploy.metadata import INPUT_TIME_STRIPES, INPUT_WAVEFORM, OUTPUT_LOGITS, OUTPUT_PROBS, PTE_METADATA_METHOD, ModelMetadata
 
 OUTPUTS = (OUTPUT_LOGITS, OUTPUT_PROBS)  # the program's outputs, by position
+# what the XNNPACK delegate's CPU probe logs when a method loads on a CPU without Arm's /sys files
+# (five lines per load on x86: "Failed to open midr file ...")
+CPUINFO_NOTICE = b"[cpuinfo_utils.cpp:"
 
 
 def _load(path: Path):
@@ -63,7 +66,8 @@ class ExecuTorchRunner:
         program = _load(self.model_path)
         self.metadata = _metadata(program, self.model_path)
         try:
-            self._method = program.load_method("forward")
+            with native_stderr_lines_dropped(CPUINFO_NOTICE):
+                self._method = program.load_method("forward")
         except Exception as err:
             raise AscError(f"ExecuTorch cannot load the program's forward ({str(err).splitlines()[0] if str(err) else type(err).__name__})",
                            self.model_path) from err

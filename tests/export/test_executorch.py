@@ -43,6 +43,17 @@ def fp32_runner(pte):
         yield runner
 
 
+def test_loading_writes_no_cpu_probe_lines(pte, capfd):
+    """The XNNPACK delegate's CPU probe lines ("[cpuinfo_utils.cpp:...] Failed to open midr file",
+    five per load on x86) are not shown; the runner still runs."""
+    from asc_deploy.bench.executorch_runner import CPUINFO_NOTICE, ExecuTorchRunner
+
+    with ExecuTorchRunner(pte("fp32")) as runner:
+        probs = runner.infer({"waveform": np.zeros((1, 44100), np.float32)}, ["probs"])["probs"]
+    assert probs.shape == (1, 10) and abs(float(probs.sum()) - 1.0) <= 1e-5
+    assert CPUINFO_NOTICE.decode() not in capfd.readouterr().err
+
+
 def test_fp32_matches_reference_on_every_clip(fp32_runner, reference):
     lengths = set()
     for name in reference["names"]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asc_deploy.labels import MEL_BINS, NUM_CLASSES
-from asc_deploy.models.first_block import batch_normalized_cross_conv, cross_tap_weights
+from asc_deploy.models.first_block import cross_tap_weights, first_block
 from asc_deploy.models.spec_augment import SpecAugment
 
 
@@ -26,9 +26,9 @@ class BlockForm(enum.Enum):
     CROSS: the two 1-D depthwise kernels assembled inside ``forward`` into one cross-shaped 3x3
     kernel with dilation 2 (:func:`cross_kernel`), one depthwise convolution; with one input
     channel (the first block) the 1x1 convolution, a per-channel scale, is folded into that
-    kernel too, and in training mode that block's BatchNorm takes its batch statistics from the
-    input's five taps (:func:`~asc_deploy.models.first_block.batch_normalized_cross_conv`: the
-    normalised map in one matrix product). Gradients reach the same parameters. On the CPU its backward passes are
+    kernel too, and that block (unfolded) is computed from its input's five taps
+    (:func:`~asc_deploy.models.first_block.first_block`: batch statistics from the taps, the
+    normalised map in one matrix product, pooled as four planes). Gradients reach the same parameters. On the CPU its backward passes are
     :class:`CrossDepthwise`'s (oneDNN's own depthwise backward falls back to a GEMM path about
     ten times slower than its forward) and :class:`ReluPool`'s. Same values up to float
     rounding (~1e-6 relative).
@@ -164,9 +164,8 @@ class SeparableConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form is BlockForm.SP4ASC:
             return self.pool(torch.relu(self.bn(self.convolutions(x))))
-        if self.ch_conv1.in_channels == 1 and isinstance(self.bn, nn.BatchNorm2d) and (self.bn.training or not self.bn.track_running_stats):
-            taps = cross_tap_weights(self.sp_conv1.weight, self.sp_conv2.weight) * self.ch_conv1.weight.view(-1, 1)
-            return relu_pool(batch_normalized_cross_conv(x, taps, self.bn))
+        if self.ch_conv1.in_channels == 1 and isinstance(self.bn, nn.BatchNorm2d):  # not folded
+            return first_block(x, cross_tap_weights(self.sp_conv1.weight, self.sp_conv2.weight) * self.ch_conv1.weight.view(-1, 1), self.bn)
         return relu_pool(self.bn(self.cross_convolutions(x)))
 
     def convolutions(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from asc_deploy.export.loop import loop_over_passes
 from asc_deploy.export.pools import average_pools_as_convolutions
 from asc_deploy.export.program import Precision, Signature, export_frontend_program, export_graph_program, signature
 from asc_deploy.export.quiet import quiet_logger, torch_export_notices_ignored
+from asc_deploy.export.slices import gathered_ranges_as_slices
 from asc_deploy.labels import CLASS_LABELS, CLIP_SECONDS, HOP_LENGTH, MEL_BINS, N_FFT, SAMPLE_RATE
 from asc_deploy.metadata import INPUT_LOGMEL, OUTPUT_LOGMEL, Graph, ModelMetadata, stream_cnn_paths, stream_graph_paths
 from asc_deploy.models import load_checkpoint
@@ -149,7 +150,7 @@ def lower_to_onnx(program: torch.export.ExportedProgram, signature: Signature) -
 def _frontend_onnx(center: bool) -> bytes:
     """The frontend lowered to ONNX (serialised), once per process: it is the same for every checkpoint
     and precision, and its program is the slowest part of an export to capture and lower."""
-    return lower_to_onnx(export_frontend_program(center), signature(Graph.FRONTEND, False)).SerializeToString()
+    return gathered_ranges_as_slices(lower_to_onnx(export_frontend_program(center), signature(Graph.FRONTEND, False))).SerializeToString()
 
 
 def frontend_onnx(center: bool = True) -> onnx.ModelProto:

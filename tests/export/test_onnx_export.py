@@ -249,6 +249,15 @@ def test_any_length_equals_torch_including_whole_hops(exported):
         assert np.abs(run(["logits"], {"waveform": wave})[0] - expected).max() <= 1e-4, samples
 
 
+def test_frontend_slices_the_whole_hops(exported):
+    """The signal's whole hops are a Slice, not a Gather of every sample's index
+    (:mod:`asc_deploy.export.slices`): the only Gather left reads the last hop's 1,024 indices."""
+    frontend = [node for node in onnx.load(str(exported("ce"))).graph.node if node.name.startswith("/frontend/")]
+    assert not any(node.op_type == "Range" for node in frontend)
+    assert [node.name for node in frontend if node.op_type == "Gather"] == ["/frontend/index_select_1"]
+    assert next(node for node in frontend if node.name == "/frontend/index_select").op_type == "Slice"
+
+
 def test_composed_waveform_graph_equals_the_whole_program(reference, exported):
     """asc-export writes the waveform graph as the frontend graph composed with the log-mel
     classifier (each lowered from its own program, the frontend's once per process); lowering the

@@ -49,14 +49,20 @@ def cross_kernel(time_weight: torch.Tensor, freq_weight: torch.Tensor) -> torch.
 def _tap_sums(grad: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per channel, the sum over batch, frames and bins of ``grad`` times ``x`` shifted to each
     tap of the dilated cross kernel: (frame - 2, centre, frame + 2, bin - 2, bin + 2), each
-    (channels,), at least float32. grad and x (batch, channels, frames, bins), bfloat16 under autocast."""
-    total = torch.promote_types(grad.dtype, torch.float32)  # bfloat16 partial sums are added in float32
+    (channels,), at least float32. grad and x (batch, channels, frames, bins), bfloat16 under autocast.
 
-    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # no (batch, channels, frames, bins) product kept
-        return torch.linalg.vecdot(a, b, dim=-1).sum((0, 2), dtype=total)
-
-    return (dot(grad[:, :, 2:], x[:, :, :-2]), dot(grad, x), dot(grad[:, :, :-2], x[:, :, 2:]),
-            dot(grad[..., 2:], x[..., :-2]), dot(grad[..., :-2], x[..., 2:]))
+    One depthwise convolution computes them: each (clip, channel) map of x, zero-padded by 2, is
+    correlated with that map's gradient as a kernel of the map's size, at stride 2, giving the 3 x 3
+    sums at shifts (-2, 0, 2) of which the cross uses five. It reads both maps once (five
+    products and sums read them ten times: 2-2.5x slower here); the (clip, channel) partial
+    sums are added in float32.
+    """
+    batch, channels, frames, bins = x.shape
+    total = torch.promote_types(grad.dtype, torch.float32)
+    maps = batch * channels
+    sums = F.conv2d(x.reshape(1, maps, frames, bins), grad.reshape(maps, 1, frames, bins), padding=2, stride=2, groups=maps)
+    sums = sums.view(batch, channels, 3, 3).sum(dim=0, dtype=total)
+    return sums[:, 0, 1], sums[:, 1, 1], sums[:, 2, 1], sums[:, 1, 0], sums[:, 1, 2]
 
 
 class CrossDepthwise(torch.autograd.Function):
@@ -66,7 +72,7 @@ class CrossDepthwise(torch.autograd.Function):
 
     Forward and the input gradient are oneDNN's fast depthwise forward convolution (the input
     gradient of a same-padded correlation is the correlation of the output gradient with the
-    flipped kernel); the weight gradients are five per-channel dot products (:func:`_tap_sums`).
+    flipped kernel); the weight gradients are five per-channel sums of products (:func:`_tap_sums`).
     Under bfloat16 autocast x, the output and its gradient are bfloat16 and the kernel is cast to them.
     """
 

@@ -28,15 +28,18 @@ def _scalar(name: str, initializers: dict[str, onnx.TensorProto]) -> int | None:
 def gathered_ranges_as_slices(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (changed in place) with every Gather whose indices are Range(0, n, 1), directly or
     through a Reshape to one dimension and a Cast to an integer type, replaced by a Slice of
-    elements [0, n) along the Gather's axis, of the same name and output. The Range and the ops
-    between are removed where nothing else reads them."""
+    elements [0, n) along the Gather's axis, of the same name and output. Nodes that nothing reads
+    any more (the Range and the ops between) are removed, and their initializers."""
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
 
+    def passes_indices_through(node: onnx.NodeProto) -> bool:  # a Cast, or a Reshape to one dimension
+        return node.op_type == "Cast" or (node.op_type == "Reshape" and _scalar(node.input[1], initializers) == -1)
+
     def range_limit(indices: str) -> str | None:
         node = producer.get(indices)
-        while node is not None and (node.op_type == "Cast" or (node.op_type == "Reshape" and _scalar(node.input[1], initializers) == -1)):
+        while node is not None and passes_indices_through(node):
             node = producer.get(node.input[0])
         if node is None or node.op_type != "Range":
             return None

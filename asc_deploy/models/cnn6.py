@@ -28,10 +28,10 @@ class BlockForm(enum.Enum):
     channel (the first block) the 1x1 convolution, a per-channel scale, is folded into that
     kernel too, and that block (unfolded) is computed from its input's five taps
     (:func:`~asc_deploy.models.first_block.first_block`: batch statistics from the taps, the
-    normalised map in one matrix product, pooled as four planes). Gradients reach the same parameters. On the CPU its backward passes are
-    :class:`CrossDepthwise`'s (oneDNN's own depthwise backward falls back to a GEMM path about
-    ten times slower than its forward) and :class:`ReluPool`'s. Same values up to float
-    rounding (~1e-6 relative).
+    normalised map in one matrix product, pooled as four planes). Gradients reach the same
+    parameters. On the CPU its backward passes are :class:`CrossDepthwise`'s (oneDNN's own
+    depthwise backward falls back to a GEMM path about ten times slower than its forward) and
+    :class:`ReluPool`'s. Same values up to float rounding (~1e-6 relative).
     """
 
     SP4ASC = "sp4asc"
@@ -108,7 +108,7 @@ class ReluPool(torch.autograd.Function):
     channels, frames, bins) -> (batch, channels, frames // 2, bins // 2). The backward pass
     repeats each window's share of the output gradient along bins (a half-size map), then one
     ``threshold_backward`` broadcasts it over the window's two frames (x seen as (batch,
-    channels, rows, 2, bins)) into the full-size gradient: about 1.7x faster than nearest
+    channels, rows, 2, bins)) into the full-size gradient: 1.3-1.7x faster than nearest
     upsampling, padding and ``threshold_backward`` (broadcasting along bins too is 4x slower:
     the innermost stride 0 is not vectorised)."""
 
@@ -171,7 +171,8 @@ class SeparableConvBlock(nn.Module):
         if self.form is BlockForm.SP4ASC:
             return self.pool(torch.relu(self.bn(self.convolutions(x))))
         if self.ch_conv1.in_channels == 1 and isinstance(self.bn, nn.BatchNorm2d):  # not folded
-            return first_block(x, cross_tap_weights(self.sp_conv1.weight, self.sp_conv2.weight) * self.ch_conv1.weight.view(-1, 1), self.bn)
+            taps = cross_tap_weights(self.sp_conv1.weight, self.sp_conv2.weight) * self.ch_conv1.weight.view(-1, 1)
+            return first_block(x, taps, self.bn)
         return relu_pool(self.bn(self.cross_convolutions(x)))
 
     def convolutions(self, x: torch.Tensor) -> torch.Tensor:

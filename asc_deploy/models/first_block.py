@@ -13,7 +13,8 @@ of the convolution-BatchNorm-backward chain's many full passes. The product writ
 positions the 2x2 pooling keeps, grouped by their place in the window, so ReLU and pooling are
 a sum of four contiguous planes and their backward one broadcast pass. Block forward and
 backward, bfloat16 autocast, 16 clips of 3 s: 143 ms as convolution, BatchNorm and
-:class:`~asc_deploy.models.cnn6.ReluPool`, 67 ms here; same values (float64: to rounding).
+:class:`~asc_deploy.models.cnn6.ReluPool`, 67-88 ms here (runs minutes apart on a VM whose speed
+varied by up to 1.4x); same values (float64: to rounding).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxscript.optimizer
 from onnx import helper, numpy_helper
 
 
@@ -28,8 +29,9 @@ def _scalar(name: str, initializers: dict[str, onnx.TensorProto]) -> int | None:
 def gathered_ranges_as_slices(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (changed in place) with every Gather whose indices are Range(0, n, 1), directly or
     through a Reshape to one dimension and a Cast to an integer type, replaced by a Slice of
-    elements [0, n) along the Gather's axis, of the same name and output. Nodes that nothing reads
-    any more (the Range and the ops between) are removed, and their initializers."""
+    elements [0, n) along the Gather's axis, of the same name and output. Nodes and initializers
+    that nothing reads any more (the Range and the ops between) are removed by onnxscript's
+    unused-node pass."""
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
@@ -62,23 +64,7 @@ def gathered_ranges_as_slices(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes.append(helper.make_node("Reshape", [limit, shape], [f"{ends}/any_type"], name=f"{node.name}/ends"))
         nodes.append(helper.make_node("Cast", [f"{ends}/any_type"], [ends], name=f"{node.name}/ends_int64", to=onnx.TensorProto.INT64))
         nodes.append(helper.make_node("Slice", [node.input[0], starts, ends, axes], list(node.output), name=node.name))
-    kept = _without_unread(nodes, {o.name for o in graph.output})
-    kept_ids = {id(node) for node in kept}
-    removed = {name for node in nodes if id(node) not in kept_ids for name in node.input}
-    read = {name for node in kept for name in node.input}
-    unread = [i for i in graph.initializer if i.name in removed and i.name not in read]  # onnxruntime warns about each
-    for tensor in unread:
-        graph.initializer.remove(tensor)
     del graph.node[:]
-    graph.node.extend(kept)
+    graph.node.extend(nodes)
+    onnxscript.optimizer.remove_unused_nodes(model)  # the Range and what fed only it; onnxruntime warns about unused initializers
     return model
-
-
-def _without_unread(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """``nodes`` less those none of whose outputs is read by a kept node or is a graph output."""
-    while True:
-        read = outputs | {name for node in nodes for name in node.input}
-        kept = [node for node in nodes if any(out in read for out in node.output)]
-        if len(kept) == len(nodes):
-            return kept
-        nodes = kept

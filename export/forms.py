@@ -10,6 +10,7 @@ import copy
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -85,7 +86,7 @@ def export_cnn(cnn: Cnn6, channel_groups: Sequence[int] = (1, 1, 1, 1)) -> Cnn6:
 
 
 class ExportFrontend(LogMelFrontend):
-    """Export form of :class:`LogMelFrontend` (same constructor, buffers and buffer names): the
+    """Export form of :class:`LogMelFrontend` (same constructor; its buffers and two more): the
     same factorised DFT and filterbank, laid out for large GEMMs (frontend.py's names: sample
     n = n2 * i1 + i2 of a frame, bin k = k1 + n1 * k2).
 
@@ -94,19 +95,26 @@ class ExportFrontend(LogMelFrontend):
       result would depend on samples % hop: ``torch.export`` then proves every shape for all
       lengths), and frames are built as (batch, i2, frames, i1) from them (one cheap single-axis
       Transpose, one Concat);
-    - the size-n1 DFT over i1 runs as n2 GEMMs (frames x n1) @ (n1 x n1), one per i2 and real or
-      imaginary part, with the window and the twiddle factors folded into their matrices;
-    - the size-n2 DFT over i2 is then one batched GEMM per frame (2 K2 x 2 n2) @ (2 n2 x n1), whose
-      output rows k2, columns k1 hold the bins in their natural order k1 + n1 * k2 (the same
-      onnxruntime CPU time as one (2 n2 x frames * n1) GEMM, whose frames * n1 columns
-      ``torch.export`` cannot split back into frames for every length);
-    - the Slaney filterbank is applied per group of 32 mel bands to the FFT bins the group
-      touches only (8 groups: about 8x fewer multiply-adds than the dense 1088 x 256 product).
-    Every folded matrix is built in the graph from the frontend's compact buffers, so the file
-    stays small and runtimes constant-fold them at load. Output equals ``frontend(waveform)`` to
-    float32 rounding: <= 5e-4 dB from the float64 truth on the SP4ASC reference clips, but up to
-    4.6e-3 dB on white noise, where frames hold FFT bins ~1e-4 of the frame's power (the shared
-    layout: 1.4e-3 dB there).
+    - the input is real, so X[n - k] = conj(X[k]): the size-n1 DFT over i1 computes the columns
+      k1 <= n1 / 2 only (33 of 64: half the multiply-adds of the whole transform's first
+      stage), as n2 GEMMs (frames x n1) @ (n1 x 2 * 33), one per i2, real and imaginary parts
+      side by side, the window and the twiddle factors folded into the matrices;
+    - the size-n2 DFT over i2 then computes every k2 (n2 of them, not n / 2 / n1 + 1), so that
+      a bin k1 + n1 * k2 with k1 > n1 / 2 is read from its mirror n - k (same power): one
+      batched GEMM per frame (2 n2 x 2 n2) @ (2 n2 x 33) (a (2 n2 x frames * 33) GEMM would
+      have to split its columns back into frames, which ``torch.export`` cannot prove for every
+      length), its rows k2 in the order 0, n2 - 1, 1, n2 - 2, ...: rows m and n2 - 1 - m hold
+      the bins n1 * m ... n1 * (m + 1), so a range of bins is a range of the flattened output
+      (:meth:`layout_rows`);
+    - the Slaney filterbank is applied per group of 32 mel bands to the outputs whose bins the
+      group touches only (8 groups: about 8x fewer multiply-adds than the dense 1056 x 256
+      product), each bin weighted once where the layout holds it twice.
+    The first stage's matrices and the filterbank are built in the graph from the frontend's
+    compact buffers, so the file stays small and runtimes constant-fold them at load; the
+    second stage's matrix (64 x 64) and the layout's rows (1,056 indices) are stored. Output
+    equals ``frontend(waveform)`` to float32 rounding: <= 5e-4 dB from the float64 truth on the
+    SP4ASC reference clips (3.2e-4 measured), up to 1.5e-3 dB on white noise, where frames hold
+    FFT bins ~1e-4 of the frame's power (the shared layout: 1.4e-3 dB there).
 
     ``center=False`` drops the reflect padding: (batch, samples) -> (batch, 1, samples // hop - 1,
     mel_bins), frame t over samples [t * hop, t * hop + n_fft) (the streaming frontend graph; the
@@ -116,10 +124,18 @@ class ExportFrontend(LogMelFrontend):
     def __init__(self, *args, mel_group: int = 32, center: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.center = center
-        if self.hop_length != self.n1 // 2 * self.n2:
-            raise ValueError("ExportFrontend needs hop_length == n1 / 2 * n2")
+        if self.hop_length != self.n1 // 2 * self.n2 or self.n2 % 2:
+            raise ValueError("ExportFrontend needs hop_length == n1 / 2 * n2 and an even n2")
+        self.columns = self.n1 // 2 + 1  # k1 = 0 ... n1 / 2
+        rows = np.array([k2 for m in range(self.n2 // 2) for k2 in (m, self.n2 - 1 - m)])
+        phase = 2 * np.pi * np.outer(rows, np.arange(self.n2)) / self.n2  # (k2 in row order, i2)
+        cos, sin = np.cos(phase), np.sin(phase)
+        # (2 * n2 outputs: real then imaginary part of each row, 2 * n2 inputs: i2 major, real then imaginary)
+        inner = np.stack([np.stack([cos, sin], axis=-1), np.stack([-sin, cos], axis=-1)]).reshape(2 * self.n2, 2 * self.n2)
+        self.register_buffer("dft_inner_rows", torch.as_tensor(inner, dtype=torch.float32))
+        self.register_buffer("mel_layout_rows", torch.as_tensor(self.layout_rows(rows)))
         with torch.no_grad():
-            nonzero = self.mel_natural() != 0
+            nonzero = self.mel_layout() != 0
         self.groups: list[tuple[int, int, int, int]] = []  # (first bin, end bin, first band, end band)
         for first in range(0, self.mel_bins, mel_group):
             end = min(first + mel_group, self.mel_bins)
@@ -127,20 +143,40 @@ class ExportFrontend(LogMelFrontend):
             lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 1)
             self.groups.append((lo, hi, first, end))
 
+    def layout_rows(self, rows: np.ndarray) -> np.ndarray:
+        """For each output of the size-n2 DFT, flattened (row k2 in ``rows`` order, column k1), the
+        row of :meth:`mel_natural` that weights it: the bin min(k, n - k) of k = k1 + n1 * k2 where
+        this is the bin's first output, else a row above Nyquist (all zeros). int64, (n2 * columns,)."""
+        k = (np.arange(self.columns)[None, :] + self.n1 * rows[:, None]).ravel()
+        bins = np.minimum(k, self.n_fft - k)
+        _, first = np.unique(bins, return_index=True)
+        zero_row = self.n1 * self.kept_k2 - 1
+        if zero_row <= self.n_fft // 2 or len(first) != self.n_fft // 2 + 1:
+            raise ValueError(f"the DFT layout of fft_factors {(self.n1, self.n2)} does not cover every bin once")
+        layout = np.full(len(k), zero_row)
+        layout[first] = bins[first]
+        return layout
+
     def mel_natural(self) -> torch.Tensor:
         """The dense filterbank with rows in natural bin order (n1 * kept_k2, mel_bins)."""
         weights = self.mel_weights().reshape(self.n1, self.kept_k2, self.mel_bins).transpose(0, 1)
         return weights.reshape(self.n1 * self.kept_k2, self.mel_bins)
 
+    def mel_layout(self) -> torch.Tensor:
+        """The filterbank with rows in the order of the size-n2 DFT's flattened outputs (n2 * columns, mel_bins)."""
+        return self.mel_natural()[self.mel_layout_rows]
+
     def outer_matrices(self) -> torch.Tensor:
-        """(2, n2, n1, n1): per i2, window x size-n1 DFT x twiddle, real and imaginary part, (i1, k1)."""
-        cos, sin = self.dft_outer[: self.n1].T[None], self.dft_outer[self.n1 :].T[None]  # (1, i1, k1); sin holds -sin
-        tw_real, tw_imag = self.twiddle_real.T[:, None, :], self.twiddle_imag.T[:, None, :]  # (i2, 1, k1)
-        window = self.window.T[:, :, None]  # (i2, i1, 1)
-        return torch.stack([(tw_real * cos - tw_imag * sin) * window, (tw_imag * cos + tw_real * sin) * window])
+        """(n2, 2 * columns, n1): per i2, window x size-n1 DFT x twiddle, rows the real then the
+        imaginary part of k1 <= n1 / 2, columns i1."""
+        half = self.columns
+        cos, sin = self.dft_outer[:half][None], self.dft_outer[self.n1 : self.n1 + half][None]  # (1, k1, i1); sin holds -sin
+        tw_real, tw_imag = self.twiddle_real[:half].T[:, :, None], self.twiddle_imag[:half].T[:, :, None]  # (i2, k1, 1)
+        window = self.window.T[:, None, :]  # (i2, 1, i1)
+        return torch.cat([(tw_real * cos - tw_imag * sin) * window, (tw_imag * cos + tw_real * sin) * window], dim=1)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        n1, n2, hop, kept = self.n1, self.n2, self.hop_length, self.kept_k2
+        n1, n2, hop = self.n1, self.n2, self.hop_length
         batch, samples = waveform.shape
         if self.center:  # the hops of the signal reflect-padded by n_fft // 2 (= hop), up to the last whole one
             whole, last = samples // hop, samples - 1
@@ -152,11 +188,10 @@ class ExportFrontend(LogMelFrontend):
             chunks = waveform[:, : samples // hop * hop].reshape(batch, -1, hop)
         chunks = chunks.reshape(batch, -1, n1 // 2, n2).permute(0, 3, 1, 2)
         frames = torch.cat([chunks[:, :, :-1], chunks[:, :, 1:]], dim=3)  # (batch, i2, frames, i1)
-        outer = torch.matmul(frames[:, None], self.outer_matrices())  # (batch, 2, i2, frames, k1)
-        outer = outer.permute(0, 3, 1, 2, 4).reshape(batch, -1, 2 * n2, n1)  # (batch, frames, 2 * i2, k1)
-        spectrum = torch.matmul(self.dft_inner.T, outer)  # (batch, frames, 2 * kept, k1)
-        power = spectrum[:, :, :kept] ** 2 + spectrum[:, :, kept:] ** 2  # (batch, frames, k2, k1)
-        power = power.reshape(batch, -1, kept * n1)  # (batch, frames, bins in natural order)
-        weights = self.mel_natural()
+        outer = torch.matmul(frames, self.outer_matrices().transpose(1, 2))  # (batch, i2, frames, 2 * columns)
+        outer = outer.transpose(1, 2).reshape(batch, -1, 2 * n2, self.columns)  # (batch, frames, 2 * i2, k1)
+        spectrum = torch.matmul(self.dft_inner_rows, outer)  # (batch, frames, 2 * n2 rows, k1)
+        power = (spectrum[:, :, :n2] ** 2 + spectrum[:, :, n2:] ** 2).reshape(batch, -1, n2 * self.columns)  # (batch, frames, outputs in layout order)
+        weights = self.mel_layout()
         mel = torch.cat([torch.matmul(power[..., lo:hi], weights[lo:hi, first:end]) for lo, hi, first, end in self.groups], dim=-1)
         return (10.0 / math.log(10.0)) * torch.log(torch.clamp(mel, min=self.amin))[:, None]

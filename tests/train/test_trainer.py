@@ -30,7 +30,7 @@ from asc_deploy.models.cnn6 import BlockForm
 from asc_deploy.train.cli import main
 from asc_deploy.train.config import TrainConfig, config_to_dict, load_config
 from asc_deploy.train.synth import make_dataset
-from asc_deploy.train.trainer import RunLog, autocast_dtype, focal_loss, mixup, train, train_step
+from asc_deploy.train.trainer import RunLog, autocast_dtype, focal_loss, mixup, predict, train, train_step
 from tests.shared_data import checkpoint_path, needs_shared
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -163,6 +163,26 @@ def test_train_step_matches_sp4asc_step() -> None:
     assert ours[-1] < ours[0]
     for key, value in reference.state_dict().items():
         assert torch.allclose(model.state_dict()[key].float(), value.float(), atol=1e-5), key
+
+
+def test_predict_equals_the_training_model_in_eval_mode() -> None:
+    """Evaluation runs the folded export form (channels-last): the training model's probabilities
+    in eval mode, to float32 rounding, and the model is left as it was (training mode, weights)."""
+    torch.manual_seed(0)
+    model = Cnn6()
+    with torch.no_grad():  # running statistics and BatchNorm parameters away from their defaults
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.2, 0.2)
+    before = copy.deepcopy(model.state_dict())
+    batches = [(torch.randn(3, 1, 44, 256), torch.zeros(3)), (torch.randn(2, 1, 44, 256), torch.zeros(2))]
+    probs = predict(model, batches, torch.device("cpu"))
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    with torch.no_grad():
+        expected = torch.cat([torch.softmax(model(x), dim=-1) for x, _ in batches]).double().numpy()
+    assert probs.shape == (5, NUM_CLASSES) and abs(probs - expected).max() < 1e-7  # measured 7.5e-9
 
 
 def test_autocast_dtype_follows_the_config_and_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

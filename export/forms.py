@@ -127,13 +127,13 @@ class ExportFrontend(LogMelFrontend):
         if self.hop_length != self.n1 // 2 * self.n2 or self.n2 % 2:
             raise ValueError("ExportFrontend needs hop_length == n1 / 2 * n2 and an even n2")
         self.columns = self.n1 // 2 + 1  # k1 = 0 ... n1 / 2
-        rows = np.array([k2 for m in range(self.n2 // 2) for k2 in (m, self.n2 - 1 - m)])
-        phase = 2 * np.pi * np.outer(rows, np.arange(self.n2)) / self.n2  # (k2 in row order, i2)
+        k2_order = np.array([k2 for m in range(self.n2 // 2) for k2 in (m, self.n2 - 1 - m)])
+        phase = 2 * np.pi * np.outer(k2_order, np.arange(self.n2)) / self.n2  # (k2 in row order, i2)
         cos, sin = np.cos(phase), np.sin(phase)
         # (2 * n2 outputs: real then imaginary part of each row, 2 * n2 inputs: i2 major, real then imaginary)
         inner = np.stack([np.stack([cos, sin], axis=-1), np.stack([-sin, cos], axis=-1)]).reshape(2 * self.n2, 2 * self.n2)
         self.register_buffer("dft_inner_rows", torch.as_tensor(inner, dtype=torch.float32))
-        self.register_buffer("mel_layout_rows", torch.as_tensor(self.layout_rows(rows)))
+        self.register_buffer("mel_layout_rows", torch.as_tensor(self.layout_rows(k2_order)))
         with torch.no_grad():
             nonzero = self.mel_layout() != 0
         self.groups: list[tuple[int, int, int, int]] = []  # (first bin, end bin, first band, end band)
@@ -143,11 +143,11 @@ class ExportFrontend(LogMelFrontend):
             lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 1)
             self.groups.append((lo, hi, first, end))
 
-    def layout_rows(self, rows: np.ndarray) -> np.ndarray:
-        """For each output of the size-n2 DFT, flattened (row k2 in ``rows`` order, column k1), the
+    def layout_rows(self, k2_order: np.ndarray) -> np.ndarray:
+        """For each output of the size-n2 DFT, flattened (row k2 in ``k2_order``, column k1), the
         row of :meth:`mel_natural` that weights it: the bin min(k, n - k) of k = k1 + n1 * k2 where
         this is the bin's first output, else a row above Nyquist (all zeros). int64, (n2 * columns,)."""
-        k = (np.arange(self.columns)[None, :] + self.n1 * rows[:, None]).ravel()
+        k = (np.arange(self.columns)[None, :] + self.n1 * k2_order[:, None]).ravel()
         bins = np.minimum(k, self.n_fft - k)
         _, first = np.unique(bins, return_index=True)
         zero_row = self.n1 * self.kept_k2 - 1
@@ -191,7 +191,8 @@ class ExportFrontend(LogMelFrontend):
         outer = torch.matmul(frames, self.outer_matrices().transpose(1, 2))  # (batch, i2, frames, 2 * columns)
         outer = outer.transpose(1, 2).reshape(batch, -1, 2 * n2, self.columns)  # (batch, frames, 2 * i2, k1)
         spectrum = torch.matmul(self.dft_inner_rows, outer)  # (batch, frames, 2 * n2 rows, k1)
-        power = (spectrum[:, :, :n2] ** 2 + spectrum[:, :, n2:] ** 2).reshape(batch, -1, n2 * self.columns)  # (batch, frames, outputs in layout order)
+        power = spectrum[:, :, :n2] ** 2 + spectrum[:, :, n2:] ** 2  # (batch, frames, n2 rows, k1)
+        power = power.reshape(batch, -1, n2 * self.columns)  # (batch, frames, outputs in layout order)
         weights = self.mel_layout()
         mel = torch.cat([torch.matmul(power[..., lo:hi], weights[lo:hi, first:end]) for lo, hi, first, end in self.groups], dim=-1)
         return (10.0 / math.log(10.0)) * torch.log(torch.clamp(mel, min=self.amin))[:, None]

@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from asc_deploy.allocator import freed_memory_kept
 from asc_deploy.atomic import atomic_open, atomic_path
 from asc_deploy.errors import AscError
-from asc_deploy.labels import MEL_BINS, NUM_CLASSES, SAMPLE_RATE, num_frames
 from asc_deploy.export.forms import export_cnn
+from asc_deploy.labels import MEL_BINS, NUM_CLASSES, SAMPLE_RATE, num_frames
 from asc_deploy.metrics import classwise_log_loss_accuracy, groupwise
 from asc_deploy.models.checkpoint import OWN_FORMAT
 from asc_deploy.models.cnn6 import BlockForm, Cnn6
@@ -136,9 +136,9 @@ def train_step(
 def predict(model: Cnn6, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
             mixed_precision: str = "auto") -> np.ndarray:
     """Class probabilities (clips, classes) float64 of batches of (log-mel, labels) on ``device``,
-    in batch order, computed in eval mode (the model's mode is restored afterwards): on CUDA under
-    :func:`autocast_dtype`'s fp16 ("auto") or float32 ("off"); float32 on the CPU whatever the
-    training precision (the scores of the model asc-export writes), by :func:`inference_form`."""
+    in batch order, computed in eval mode by :func:`inference_form` (``model`` is left as it is):
+    on CUDA under :func:`autocast_dtype`'s fp16 ("auto") or float32 ("off"); float32 on the CPU
+    whatever the training precision (the scores of the model asc-export writes)."""
     dtype = autocast_dtype(device, mixed_precision) if device.type == "cuda" else None
     inference = inference_form(model)
     probs = []

@@ -93,23 +93,22 @@ class ExportFrontend(LogMelFrontend):
     - the hop-sized chunks of the padded signal are gathered as the reflected first hop, the
       signal's whole hops and the last hop reflected past the end (no Pad and no Slice, whose
       result would depend on samples % hop: ``torch.export`` then proves every shape for all
-      lengths);
+      lengths), and frames are built as (batch, i2, frames, i1) from them (one cheap single-axis
+      Transpose, one Concat);
     - the input is real, so X[n - k] = conj(X[k]): the size-n1 DFT over i1 computes the columns
       k1 <= n1 / 2 only (33 of 64: half the multiply-adds of the whole transform's first
-      stage). It is one grouped convolution over the hops seen as (batch, i2, samples / n2):
-      n2 groups (one per i2), kernel n1 (a frame), stride n1 / 2 (a hop), 2 x 33 output channels
-      per group (real and imaginary parts), the window and the twiddle factors folded into the
-      kernels; the convolution builds the frames itself (no Slice and Concat copies of the
-      signal) and its output keeps frames innermost;
+      stage), as n2 GEMMs (frames x n1) @ (n1 x 2 * 33), one per i2, real and imaginary parts
+      side by side, the window and the twiddle factors folded into the matrices;
     - the size-n2 DFT over i2 then computes every k2 (n2 of them, not n / 2 / n1 + 1), so that
-      a bin k1 + n1 * k2 with k1 > n1 / 2 is read from its mirror n - k (same power): a 1 x 1
-      convolution (2 n2 -> 2 n2 channels) over the (33, frames) plane, its rows k2 in the order
-      0, n2 - 1, 1, n2 - 2, ...: rows m and n2 - 1 - m hold the bins n1 * m ... n1 * (m + 1), so
-      a range of bins is a range of the flattened output (:meth:`layout_rows`);
+      a bin k1 + n1 * k2 with k1 > n1 / 2 is read from its mirror n - k (same power): one
+      batched GEMM per frame (2 n2 x 2 n2) @ (2 n2 x 33) (a (2 n2 x frames * 33) GEMM would
+      have to split its columns back into frames, which ``torch.export`` cannot prove for every
+      length), its rows k2 in the order 0, n2 - 1, 1, n2 - 2, ...: rows m and n2 - 1 - m hold
+      the bins n1 * m ... n1 * (m + 1), so a range of bins is a range of the flattened output
+      (:meth:`layout_rows`);
     - the Slaney filterbank is applied per group of 32 mel bands to the outputs whose bins the
       group touches only (8 groups: about 8x fewer multiply-adds than the dense 1056 x 256
-      product), each bin weighted once where the layout holds it twice; one Transpose of the
-      (mel bands, frames) result ends the frontend.
+      product), each bin weighted once where the layout holds it twice.
     The first stage's matrices and the filterbank are built in the graph from the frontend's
     compact buffers, so the file stays small and runtimes constant-fold them at load; the
     second stage's matrix (64 x 64) and the layout's rows (1,056 indices) are stored. Output
@@ -187,14 +186,13 @@ class ExportFrontend(LogMelFrontend):
                                 waveform.index_select(1, last - (last - tail).abs())[:, None]], dim=1)  # (batch, whole + 2, hop)
         else:
             chunks = waveform[:, : samples // hop * hop].reshape(batch, -1, hop)
-        signal = chunks.reshape(batch, -1, n2).transpose(1, 2)  # (batch, i2, samples // n2): sample = n2 * t + i2
-        weights = self.outer_matrices().reshape(n2 * 2 * self.columns, 1, n1)
-        outer = nn.functional.conv1d(signal, weights, stride=n1 // 2, groups=n2)  # (batch, (i2, 2 * columns), frames)
-        outer = outer.reshape(batch, 2 * n2, self.columns, -1)  # (batch, (i2, c), k1, frames)
-        spectrum = nn.functional.conv2d(outer, self.dft_inner_rows[:, :, None, None])  # (batch, 2 * n2 rows, k1, frames)
-        power = spectrum[:, :n2] ** 2 + spectrum[:, n2:] ** 2
-        power = power.reshape(batch, n2 * self.columns, -1)  # (batch, outputs in layout order, frames)
+        chunks = chunks.reshape(batch, -1, n1 // 2, n2).permute(0, 3, 1, 2)
+        frames = torch.cat([chunks[:, :, :-1], chunks[:, :, 1:]], dim=3)  # (batch, i2, frames, i1)
+        outer = torch.matmul(frames, self.outer_matrices().transpose(1, 2))  # (batch, i2, frames, 2 * columns)
+        outer = outer.transpose(1, 2).reshape(batch, -1, 2 * n2, self.columns)  # (batch, frames, 2 * i2, k1)
+        spectrum = torch.matmul(self.dft_inner_rows, outer)  # (batch, frames, 2 * n2 rows, k1)
+        power = spectrum[:, :, :n2] ** 2 + spectrum[:, :, n2:] ** 2  # (batch, frames, n2 rows, k1)
+        power = power.reshape(batch, -1, n2 * self.columns)  # (batch, frames, outputs in layout order)
         weights = self.mel_layout()
-        mel = torch.cat([torch.matmul(weights[lo:hi, first:end].T, power[:, lo:hi]) for lo, hi, first, end in self.groups], dim=1)
-        mel = mel.transpose(1, 2)
+        mel = torch.cat([torch.matmul(power[..., lo:hi], weights[lo:hi, first:end]) for lo, hi, first, end in self.groups], dim=-1)
         return (10.0 / math.log(10.0)) * torch.log(torch.clamp(mel, min=self.amin))[:, None]

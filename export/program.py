@@ -146,28 +146,13 @@ def export_graph_program(checkpoint: Checkpoint, graph: Graph = Graph.WAVEFORM, 
         return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
 
 
-class BoundedLength(nn.Module):
-    """``module`` with its input's length checked to lie in [:data:`MIN_SAMPLES`, :data:`MAX_SAMPLES`]
-    inside the traced function: ``torch.export`` takes the length's bounds from these checks. A
-    bounded ``Dim`` instead makes the exporter prove every shape guard for the whole range, which
-    its solver cannot do for the frontend's frame arithmetic (samples // hop) with frames innermost."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        torch._check(waveform.shape[1] >= MIN_SAMPLES)
-        torch._check(waveform.shape[1] <= MAX_SAMPLES)
-        return self.module(waveform)
-
-
 def export_program(checkpoint: Checkpoint, precision: Precision | str = Precision.FP32) -> torch.export.ExportedProgram:
     """The waveform classifier of ``checkpoint`` (CNN in ``precision``; frontend and I/O float32)
     exported with a dynamic batch (1 to :data:`MAX_BATCH`) and length (:data:`MIN_SAMPLES` to
-    :data:`MAX_SAMPLES` samples, :class:`BoundedLength`)."""
-    module = BoundedLength(build_module(checkpoint, Graph.WAVEFORM, Precision(precision), False, (1, 1, 1, 1)))
+    :data:`MAX_SAMPLES` samples)."""
+    module = build_module(checkpoint, Graph.WAVEFORM, Precision(precision), False, (1, 1, 1, 1))
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    samples = torch.export.Dim("samples", min=MIN_SAMPLES, max=MAX_SAMPLES)
     example = torch.zeros(2, 2 * SAMPLE_RATE)
     with torch.no_grad():
-        return torch.export.export(module, (example,), dynamic_shapes=({0: batch, 1: torch.export.Dim.DYNAMIC},))
+        return torch.export.export(module, (example,), dynamic_shapes=({0: batch, 1: samples},))

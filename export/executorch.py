@@ -29,16 +29,22 @@ from asc_deploy.models import load_checkpoint
 TARGETS = ("executorch-xnnpack",)
 
 
-def lower_to_executorch(program: torch.export.ExportedProgram, metadata: ModelMetadata) -> bytes:
-    """The ``.pte`` bytes of ``program`` lowered with the XNNPACK delegate, ``metadata`` in its
-    constant method :data:`~asc_deploy.metadata.PTE_METADATA_METHOD`."""
+def delegate_to_xnnpack(program: torch.export.ExportedProgram, metadata: ModelMetadata):
+    """``program`` as an ExecuTorch edge program (``EdgeProgramManager``) whose ops XNNPACK takes
+    run in its delegate, ``metadata`` in its constant method :data:`~asc_deploy.metadata.PTE_METADATA_METHOD`."""
     with executorch_import_quieted():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
     with torch_export_notices_ignored():
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                            constant_methods={PTE_METADATA_METHOD: json.dumps(metadata.to_props())})
+
+
+def lower_to_executorch(program: torch.export.ExportedProgram, metadata: ModelMetadata) -> bytes:
+    """The ``.pte`` bytes of ``program`` lowered with the XNNPACK delegate (:func:`delegate_to_xnnpack`)."""
+    edge = delegate_to_xnnpack(program, metadata)
+    with torch_export_notices_ignored():
         return edge.to_executorch().buffer
 
 

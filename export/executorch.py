@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,10 +27,13 @@ from asc_deploy.export.quiet import executorch_import_quieted, torch_export_noti
 from asc_deploy.metadata import PTE_METADATA_METHOD, ModelMetadata
 from asc_deploy.models import load_checkpoint
 
+if TYPE_CHECKING:
+    from executorch.exir import EdgeProgramManager
+
 TARGETS = ("executorch-xnnpack",)
 
 
-def delegate_to_xnnpack(program: torch.export.ExportedProgram, metadata: ModelMetadata):
+def delegate_to_xnnpack(program: torch.export.ExportedProgram, metadata: ModelMetadata) -> EdgeProgramManager:
     """``program`` as an ExecuTorch edge program (``EdgeProgramManager``) whose ops XNNPACK takes
     run in its delegate, ``metadata`` in its constant method :data:`~asc_deploy.metadata.PTE_METADATA_METHOD`."""
     with executorch_import_quieted():

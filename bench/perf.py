@@ -9,8 +9,8 @@ Rows:
    included, as SP4ASC's model computes its spectrogram inside ``forward``);
 2. the exported ONNX models in onnxruntime (CPU provider) at fp32, fp16 and int8: the
    single-pass graph, and the TTA graph with all passes in one call (stripes drawn on the host),
-   exported with the CPU schedule (first blocks in channel groups, TTA passes run one at a time in
-   an ONNX Loop) and/or the GPU schedule (whole tensors, passes batched), see
+   exported with the CPU schedule (clips and TTA passes run one at a time in ONNX Loops, first
+   blocks in channel groups) and/or the GPU schedule (whole tensors, passes batched), see
    :class:`asc_deploy.export.onnx_export.Schedule`; fp16 always with the GPU schedule. A batched
    TTA call over many clips is split into calls of fewer clips when its activations would exceed
    ``memory_budget_gb`` (the row's note says so);
@@ -331,8 +331,10 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
     this many rounds of ``iterations / rounds`` calls each (after ``warmup`` calls each round), so
     that a change of machine load during the run affects every row alike.
     """
+    import onnx
     import onnxruntime as ort
 
+    from asc_deploy.export.clip_loop import has_clip_loop
     from asc_deploy.export.onnx_export import Schedule, checkpoint_spec_aug
     from asc_deploy.models import build_model, load_checkpoint
     from asc_deploy.models.complexity import complexity_report
@@ -382,6 +384,7 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
                                Path(calibration_dir) if calibration_dir else None, calibration_clips, seconds, progress)
         # from each file's metadata, as the runtime decides: a looped TTA graph gets all passes in one call
         loops_over_passes = {key: read_model_metadata(path).loops_over_passes for key, path in files.items()}
+        loops_over_clips = {key: has_clip_loop(onnx.load(str(path))) for key, path in files.items()}
         eager = EagerSP4ASC(checkpoint, threads) if baseline else None
         options = SessionConfig(intra_op_threads=threads)
         per_pass_clip = ACTIVATION_BYTES_PER_FRAME * num_frames(samples)
@@ -398,7 +401,9 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
                                                providers=["CPUExecutionProvider"])
                 for p, b in [c for c in configs if (c[0] > 1) == tta]:
                     per_call = b if looped else max(1, min(b, int(memory_budget_gb * 2**30 // (p * per_pass_clip))))
-                    note = ("TTA passes in a Loop, one at a time" if looped else "TTA batched in one call") if tta else "one call"
+                    loops = [what for what, loop in (("clips", loops_over_clips[schedule, precision, tta]), ("TTA passes", looped)) if loop]
+                    note = (f"one call, {' and '.join(loops)} one at a time in {'Loops' if len(loops) > 1 else 'a Loop'}" if loops
+                            else "TTA batched in one call" if tta else "one call")
                     if per_call < b:
                         note = f"{b} clips as {math.ceil(b / per_call)} calls of {per_call} (memory), TTA batched"
                     note += ", stripes from the host" if tta else ""
@@ -517,7 +522,7 @@ def _int_list(text: str) -> list[int]:
 @click.option("--threads", default=2, show_default=True, help="Intra-op threads of torch, onnxruntime and the GEMM.")
 @click.option("--precisions", default=",".join(PRECISIONS), show_default=True, help="ONNX precisions to measure.")
 @click.option("--schedules", default="cpu", show_default=True,
-              help="Export schedules of the ONNX rows, comma-separated: cpu (cache-sized, TTA passes in a Loop), gpu (batched).")
+              help="Export schedules of the ONNX rows, comma-separated: cpu (cache-sized: clips and TTA passes in Loops), gpu (batched).")
 @click.option("--calibration-data", type=click.Path(file_okay=False), default=None,
               help="Data set folder whose training split calibrates int8 (default: a small synthetic one).")
 @click.option("--row-budget-s", default=120.0, show_default=True, help="A row stops repeating after this long (>= 3 calls).")

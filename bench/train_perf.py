@@ -32,7 +32,9 @@ so that a change of machine load hits all of them alike; ``spread`` is the slowe
 over the fastest.
 
 Epochs (the data set's train split in the config's batches and sampler order, then the
-evaluate split scored; ``epoch_rounds`` epochs of each, alternating): SP4ASC's eager loop
+evaluate split scored in asc-train's evaluation batches,
+:func:`~asc_deploy.train.trainer.evaluation_batch_size`; ``epoch_rounds`` epochs of each,
+alternating): SP4ASC's eager loop
 (DataLoader reading the waveforms, torchlibrosa frontend every step and every evaluation, SP4ASC's
 block form, default malloc) against asc-train's (:func:`asc_deploy.train.trainer.train_epoch` and
 :func:`~asc_deploy.train.trainer.predict` on :class:`LogMelBatches`, CROSS form, freed memory
@@ -187,7 +189,8 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
     from asc_deploy.models.cnn6 import BlockForm
     from asc_deploy.models.frontend import LogMelFrontend
     from asc_deploy.train.dataset import SceneDataset, load_clip, read_split
-    from asc_deploy.train.trainer import LogMelBatches, Runtime, TrainingState, precision_name, predict, train_epoch, train_step
+    from asc_deploy.train.trainer import (LogMelBatches, Runtime, TrainingState, evaluation_batch_size, precision_name, predict,
+                                          train_epoch, train_step)
 
     torch.set_num_threads(threads)
     device = torch.device("cpu")
@@ -195,6 +198,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
     samples = load_clip(train_clips[0]).shape[0]
     train_set, eval_set = SceneDataset(train_clips, samples), SceneDataset(eval_clips, samples)
     sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=config.seed)
+    eval_batch = evaluation_batch_size(config, samples)
     theirs = sp4asc_frontend()
     (sp4asc, sp4asc_optimizer), = _models(config, [BlockForm.SP4ASC])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -210,7 +214,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
             train_step(sp4asc, sp4asc_optimizer, scaler, features, labels, fp32)
         sp4asc.eval()
         with torch.no_grad():
-            for waveform, _, _ in DataLoader(eval_set, batch_size=config.batch_size, num_workers=workers):
+            for waveform, _, _ in DataLoader(eval_set, batch_size=eval_batch, num_workers=workers):
                 torch.softmax(sp4asc(theirs(waveform)), dim=-1)
         sp4asc.train()
 
@@ -218,7 +222,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
         started = time.perf_counter()
         frontend = LogMelFrontend()
         train_batches = LogMelBatches(train_set, frontend, config, device, sampler)
-        eval_batches = LogMelBatches(eval_set, frontend, config, device)
+        eval_batches = LogMelBatches(eval_set, frontend, config, device, batch_size=eval_batch)
         cache_s = time.perf_counter() - started
     progress(f"log-mel cache of {len(train_set)} + {len(eval_set)} clips: {cache_s:.1f} s")
     state = TrainingState.create(config, device)
@@ -238,7 +242,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
                 run(epoch)
                 times[key].append([time.perf_counter() - started])
             progress(f"epoch {epoch} {key}: {times[key][-1][0]:.1f} s")
-    work = f"{len(train_set)} train clips in batches of {config.batch_size}, {len(eval_set)} evaluate clips"
+    work = f"{len(train_set)} train clips in batches of {config.batch_size}, {len(eval_set)} evaluate clips in {eval_batch}s"
     sp4asc_row = _row(f"{BASELINE} loop, epoch", times["sp4asc"], f"{work}; frontend every step, default malloc, float32", speedup=1.0)
     ours = _row("asc-train epoch", times["ours"], f"the same steps ({precision_name(device, config.mixed_precision)}) and evaluation on cached log-mel", speedup=sp4asc_row.median / max(
         float(np.median(times["ours"])), 1e-9))

@@ -17,8 +17,8 @@ the quantised convolutions.
 
 Activation ranges are calibrated (min/max) on a bounded number of clips of the TRAINING split of
 a data set folder in the TAU 2020 Mobile layout (:func:`asc_deploy.train.dataset.read_split`),
-one clip per calibration batch. A TTA model whose passes run in a Loop (CPU schedule) is
-calibrated and quantised in its batched form and looped again. The result carries the fp32
+one clip per calibration batch. A CPU-schedule model, whose clips (and TTA passes) run in Loops,
+is calibrated and quantised in its batched form and looped again. The result carries the fp32
 model's metadata with ``precision`` set to "int8", and is written atomically.
 """
 
@@ -35,6 +35,7 @@ import onnx
 
 from asc_deploy.atomic import atomic_path
 from asc_deploy.errors import AscError
+from asc_deploy.export.clip_loop import batch_clips, has_clip_loop, loop_over_clips
 from asc_deploy.export.loop import batch_passes, has_pass_loop, loop_over_passes
 from asc_deploy.export.pools import average_pools_as_convolutions, conv_channels, is_pool
 from asc_deploy.export.quiet import quiet_logger
@@ -179,8 +180,11 @@ def quantize_int8(onnx_path: str | Path, output: str | Path, calibration_dir: st
     clips = _pick(read_split(calibration_dir, "train"), max_clips)
 
     model = onnx.load(str(onnx_path))
-    looped = has_pass_loop(model)  # CPU-schedule TTA: calibrate and quantise the batched form, loop it again after
-    batched = batch_passes(model) if looped else model
+    # CPU schedule: calibrate and quantise the batched form (clips, then TTA passes), loop it again after
+    clips_looped = has_clip_loop(model)
+    clips_batched = batch_clips(model) if clips_looped else model
+    passes_looped = has_pass_loop(clips_batched)
+    batched = batch_passes(clips_batched) if passes_looped else clips_batched
     frontend = frontend_nodes(batched)
     if not frontend:
         raise AscError("no frontend nodes found (expected names under /frontend/): not an asc-export graph?", onnx_path)
@@ -199,8 +203,10 @@ def quantize_int8(onnx_path: str | Path, output: str | Path, calibration_dir: st
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
         result = onnx.load(str(quantized))
-    if looped:
+    if passes_looped:
         result = loop_over_passes(result)
+    if clips_looped:
+        result = loop_over_clips(result)
     props = {p.key: p.value for p in model.metadata_props} | {"precision": "int8"}
     del result.metadata_props[:]
     onnx.helper.set_model_props(result, props)

@@ -16,12 +16,14 @@ def test_graph_loads_in_every_target(precision, tta, schedule, exported):
     """Subgraphs included: the CPU schedule's Loop body is checked node by node too."""
     model = onnx.load(str(exported("ce", precision, tta, schedule)))
     targets = dict(p.split("=", 1) for p in [f"{x.key}={x.value}" for x in model.metadata_props]).get("targets")
-    assert targets and all(t in targets for t in ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"))
+    assert targets and all(t in targets for t in ("onnxruntime-cpu", "onnxruntime-cuda"))
     assert check_onnxruntime(model, load_support(OPS / "onnxruntime_cpu.json")) == []
     assert check_onnxruntime(model, load_support(OPS / "onnxruntime_cuda.json")) == []
     trt = load_support(OPS / "tensorrt_onnx_parser.json")
     assert check_tensorrt(model, trt) == []
     restrictions = tensorrt_restrictions(model, trt)
+    # the CPU schedule's clip Loop has a dynamic scan output, which TensorRT's parser refuses
+    assert ("tensorrt" in targets) == (schedule == "gpu") == ("Loop" not in restrictions)
     print(f"{precision}{' tta' if tta else ''} {schedule}: TensorRT restrictions of used ops: {restrictions}")
     used = {n.op_type for n in model.graph.node}
     assert not used & {"STFT", "DFT", "MelWeightMatrix", "HannWindow"}

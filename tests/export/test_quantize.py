@@ -68,13 +68,15 @@ def test_int8_tta_model_runs_and_agrees(int8, exported, reference):
 
 def test_int8_cpu_schedule_keeps_the_pass_loop(int8, exported, reference):
     """A CPU-schedule TTA model is calibrated in its batched form and looped again: the quantised
-    convolutions (weights dequantised inside the body) run one pass at a time."""
+    convolutions (weights dequantised inside the body) run one clip and one pass at a time."""
+    from asc_deploy.export.clip_loop import batch_clips, has_clip_loop
     from asc_deploy.export.loop import LOOP_NODE, has_pass_loop
     from asc_deploy.export.pools import is_pool
     from asc_deploy.stripes import tta_stripes
 
-    quantized = onnx.load(str(int8(True, "cpu")))
-    assert has_pass_loop(quantized)
+    clip_looped = onnx.load(str(int8(True, "cpu")))
+    quantized = batch_clips(clip_looped)
+    assert has_clip_loop(clip_looped) and has_pass_loop(quantized)
     loop = next(n for n in quantized.graph.node if n.name == LOOP_NODE)
     body = loop.attribute[0].g
     assert sum(n.op_type in QDQ for n in body.node) > 10 and not [n for n in quantized.graph.node if n.op_type in QDQ]

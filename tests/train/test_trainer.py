@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,6 +184,25 @@ def test_predict_equals_the_training_model_in_eval_mode() -> None:
     with torch.no_grad():
         expected = torch.cat([torch.softmax(model(x), dim=-1) for x, _ in batches]).double().numpy()
     assert probs.shape == (5, NUM_CLASSES) and abs(probs - expected).max() < 1e-7  # measured 7.5e-9
+
+
+def test_evaluation_batches_change_nothing_but_the_batch_size(tiny_data: Path, tmp_path: Path) -> None:
+    """About 100 s of audio per evaluation batch, never fewer clips than a training batch; the
+    probabilities of a split scored in those batches are those of the training batches (to float32
+    rounding: the log-mel cache and oneDNN's kernels see other batch sizes)."""
+    from asc_deploy.train import trainer
+    from asc_deploy.train.dataset import SceneDataset, read_split
+
+    config = dataclasses.replace(load_config(write_config(tmp_path)), batch_size=4)
+    assert [trainer.evaluation_batch_size(config, round(s * 44_100)) for s in (1, 3, 10, 30)] == [100, 33, 10, 4]
+    dataset = SceneDataset(read_split(tiny_data, "evaluate"), expected_samples=44_100)
+    frontend, cpu = LogMelFrontend(), torch.device("cpu")
+    batches = trainer.LogMelBatches(dataset, frontend, config, cpu, batch_size=trainer.evaluation_batch_size(config, 44_100))
+    assert len(dataset) > 4 and len(batches) == 1
+    torch.manual_seed(0)
+    model = Cnn6()
+    difference = predict(model, batches, cpu) - predict(model, trainer.LogMelBatches(dataset, frontend, config, cpu), cpu)
+    assert np.abs(difference).max() <= 1e-7
 
 
 def test_autocast_dtype_follows_the_config_and_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -242,7 +242,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
                 run(epoch)
                 times[key].append([time.perf_counter() - started])
             progress(f"epoch {epoch} {key}: {times[key][-1][0]:.1f} s")
-    work = f"{len(train_set)} train clips in batches of {config.batch_size}, {len(eval_set)} evaluate clips in {eval_batch}s"
+    work = f"{len(train_set)} train clips in batches of {config.batch_size}, {len(eval_set)} evaluate clips in batches of {eval_batch}"
     sp4asc_row = _row(f"{BASELINE} loop, epoch", times["sp4asc"], f"{work}; frontend every step, default malloc, float32", speedup=1.0)
     ours = _row("asc-train epoch", times["ours"], f"the same steps ({precision_name(device, config.mixed_precision)}) and evaluation on cached log-mel", speedup=sp4asc_row.median / max(
         float(np.median(times["ours"])), 1e-9))

@@ -7,9 +7,10 @@ every node of a graph into the body of a Loop over the clips of its batched inpu
 first dimension is the outputs' ``batch``), so one clip's activations (28 MB at most for a 10 s
 clip, mostly far less) are live at a time and stay in the caches; inputs without a batch axis
 (a TTA model's stripes) are shared by every iteration, and a nested Loop (the TTA passes,
-:mod:`asc_deploy.export.loop`) runs inside each clip's iteration. The function is unchanged
-(each clip's outputs are those of a call with that clip alone). :func:`batch_clips` undoes it
-exactly (int8 calibration needs the batched graph).
+:mod:`asc_deploy.export.loop`) would run inside each clip's iteration (the CPU schedule loops the
+clips of single-pass graphs only: :class:`~asc_deploy.export.onnx_export.Schedule`). The
+function is unchanged (each clip's outputs are those of a call with that clip alone).
+:func:`batch_clips` undoes it exactly (int8 calibration needs the batched graph).
 
 Structure (node names under ``/clip_loop/``): ``Loop(Shape(X)[0], true)`` over the clips of the
 first batched input X; the body slices clip ``i`` of every batched input (batch axis kept, length

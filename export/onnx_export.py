@@ -44,7 +44,8 @@ from asc_deploy.models.checkpoint import Checkpoint
 OPSET = 18  # see the module docstring
 FOLD_LIMIT = 1024  # elements: constants up to this size are folded at export, larger ones (DFT, filterbank) at load
 TARGETS = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
-# TensorRT's parser refuses the CPU schedule's clip Loop ("scan output length cannot be dynamic")
+# the CPU schedule is for onnxruntime; TensorRT's parser refuses its clip Loop ("scan output
+# length cannot be dynamic")
 CPU_SCHEDULE_TARGETS = ("onnxruntime-cpu", "onnxruntime-cuda")
 
 
@@ -52,13 +53,16 @@ class Schedule(str, enum.Enum):
     """How the exported graph walks its activations; both compute the same function.
 
     GPU: every op on whole tensors and all TTA passes as one batch (few large kernels: GPUs,
-    TensorRT). CPU: activations cut to cache size (onnxruntime on CPUs): the clips of a call one
-    at a time in an ONNX Loop (:mod:`asc_deploy.export.clip_loop`), a TTA model's passes one at a
-    time in a Loop inside it (:mod:`asc_deploy.export.loop`), and the first two blocks (full and
+    TensorRT). CPU: activations cut to cache size (onnxruntime on CPUs): a single-pass model's
+    clips one at a time in an ONNX Loop (:mod:`asc_deploy.export.clip_loop`), a TTA model's passes
+    one at a time in a Loop (:mod:`asc_deploy.export.loop`), and the first two blocks (full and
     half resolution, 28 and 14 MB per 10 s pass) in :data:`CPU_CHANNEL_GROUPS` groups of output
     channels. Without the clip loop, 16 clips per call wrote 452 MB per block-1 map and ran slower
     per clip than one clip per call (single pass, 2 threads, separate processes: 250-297 ms per
-    call of 16 clips against 153-180 ms looped).
+    call of 16 clips against 153-180 ms looped). A TTA model keeps its clips batched inside the
+    pass loop: with the clips looped around it, 16 clips of TTA-30 took 3.4-7.0 s per call against
+    5.1-5.5 s (one call per process, alternating), and 6.4-6.6 s in both benchmark runs (every
+    call, 2 rounds, spread 1.01-1.04) against 4.3 s for the batched form in an earlier run.
     """
 
     GPU = "gpu"
@@ -241,7 +245,7 @@ def export_onnx(checkpoint_path: str | Path, output: str | Path, precision: Prec
             model = average_pools_as_convolutions(lower_to_onnx(export_graph_program(checkpoint, graph, precision, False, channel_groups),
                                                                 signature(graph, False)))
         if schedule is Schedule.CPU and graph in (Graph.WAVEFORM, Graph.LOGMEL):
-            model = loop_over_clips(loop_over_passes(model) if with_tta else model)
+            model = loop_over_passes(model) if with_tta else loop_over_clips(model)
         model.producer_name, model.producer_version = "asc-deploy", __version__
         model.doc_string = GRAPH_DOCS[graph]
         onnx.helper.set_model_props(model, dataclasses.replace(metadata, graph=graph.value).to_props())

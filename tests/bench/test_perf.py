@@ -40,7 +40,7 @@ def test_benchmark_smoke_produces_every_row(exported, int8):
     assert {(r.path, r.schedule, r.precision, r.passes, r.batch) for r in run.rows} == expected and len(run.rows) == len(expected)
     notes = {(r.schedule, r.passes): r.note for r in run.rows}
     assert notes["cpu", 1] == "one call, clips one at a time in a Loop"
-    assert notes["cpu", 2] == "one call, clips and TTA passes one at a time in Loops, stripes from the host"
+    assert notes["cpu", 2] == "one call, TTA passes one at a time in a Loop, stripes from the host"
     assert notes["gpu", 1] == "one call" and notes["gpu", 2] == "TTA batched in one call, stripes from the host"
     for row in run.rows:
         assert row.runs == 1 and row.median_ms > 0 and row.p95_ms >= row.median_ms * 0.5 and row.floor_ms > 0

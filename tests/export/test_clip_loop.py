@@ -1,6 +1,7 @@
-"""The CPU schedule's clip loop (export/clip_loop.py): every node of the classifier graph runs in an
-ONNX Loop over the clips of a call, each clip's outputs those of a call with that clip alone; the
-transformation is exactly invertible and refuses graphs without a batch axis."""
+"""The clip loop (export/clip_loop.py): every node of a classifier graph runs in an ONNX Loop over
+the clips of a call, each clip's outputs those of a call with that clip alone (the CPU schedule's
+single-pass graphs; a TTA graph's pass loop nests inside it); the transformation is exactly
+invertible and refuses graphs without a batch axis."""
 
 import numpy as np
 import onnx
@@ -28,11 +29,15 @@ def clips(reference) -> np.ndarray:
 
 
 @needs_shared
-@pytest.mark.parametrize("tta", [False, True])
-def test_cpu_schedule_runs_each_clip_as_alone(tta, exported, reference):
+@pytest.mark.parametrize("tta", [False, True], ids=["cpu-schedule-single", "around-the-pass-loop"])
+def test_each_clip_runs_as_alone(tta, exported, reference):
     """A call of three clips gives every output of the three one-clip calls, bit for bit, and the
-    batched graph's outputs to float rounding; the whole graph (frontend included) is in the body."""
-    looped = onnx.load(str(exported("ce", "fp32", tta, "cpu")))
+    batched graph's outputs to float rounding; the whole graph (frontend included) is in the body.
+    The CPU schedule loops the clips of its single-pass graph; around its TTA graph's pass loop
+    (which the schedule leaves with batched clips) the clip loop nests it."""
+    cpu = onnx.load(str(exported("ce", "fp32", tta, "cpu")))
+    assert has_clip_loop(cpu) != tta and has_pass_loop(cpu) == tta
+    looped = loop_over_clips(cpu) if tta else cpu
     assert has_clip_loop(looped) and [n.op_type for n in looped.graph.node].count("Loop") == 1
     assert all(n.name.startswith(CLIP_SCOPE) for n in looped.graph.node)  # nothing of the model runs outside the loop
     assert not looped.graph.initializer[1:]  # the weights travel with the body; only the Squeeze axis is outside

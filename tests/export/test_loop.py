@@ -7,7 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from asc_deploy.export.clip_loop import batch_clips
 from asc_deploy.export.loop import LOOP_NODE, SCORER_SCOPE, batch_passes, has_pass_loop, loop_over_passes
 from asc_deploy.export.pools import is_pool
 from asc_deploy.labels import num_frames
@@ -34,8 +33,7 @@ def loop_body(model: onnx.ModelProto) -> onnx.GraphProto:
 
 
 def test_cpu_schedule_tta_equals_the_batched_graph(exported, reference):
-    """The pass loop as the CPU schedule writes it (inside the clip loop, test_clip_loop.py)."""
-    looped, batched = batch_clips(onnx.load(str(exported("ce", "fp32", True, "cpu")))), onnx.load(str(exported("ce", "fp32", True, "gpu")))
+    looped, batched = onnx.load(str(exported("ce", "fp32", True, "cpu"))), onnx.load(str(exported("ce", "fp32", True, "gpu")))
     assert has_pass_loop(looped) and not has_pass_loop(batched)
     assert not [n.name for n in looped.graph.node if n.name.startswith(SCORER_SCOPE)]  # the whole scorer runs per pass
     body = loop_body(looped)

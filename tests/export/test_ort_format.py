@@ -57,11 +57,12 @@ def test_classifier_and_predict_take_ort_files_by_content(ort_model, exported, r
         read_model_metadata(broken)
 
 
-def test_cpu_schedule_tta_loops_survive_the_conversion(exported, reference, tmp_path):
-    """The CPU schedule's nested Loops (clips, then TTA passes) in ORT format: the ONNX file's
-    probabilities for two clips, and a Loop in the operator config."""
-    source = exported("ce", "fp32", True, "cpu")
-    converted = convert_to_ort(source, tmp_path / "cpu.tta.ort")
+@pytest.mark.parametrize("tta", [False, True], ids=["clip-loop", "pass-loop"])
+def test_cpu_schedule_loops_survive_the_conversion(tta, exported, reference, tmp_path):
+    """The CPU schedule's Loops (over the clips of a single-pass graph, over the passes of a TTA
+    graph) in ORT format: the ONNX file's probabilities for two clips, and a Loop in the operator config."""
+    source = exported("ce", "fp32", tta, "cpu")
+    converted = convert_to_ort(source, tmp_path / "cpu.ort")
     waves = np.stack([reference["wave/10_short1s"], 0.5 * reference["wave/10_short1s"][::-1]])
     expected = Classifier(source, tta_passes=4).probabilities(waves)
     assert np.abs(Classifier(converted, tta_passes=4).probabilities(waves) - expected).max() <= 1e-6

@@ -22,7 +22,7 @@ def test_graph_loads_in_every_target(precision, tta, schedule, exported):
     trt = load_support(OPS / "tensorrt_onnx_parser.json")
     assert check_tensorrt(model, trt) == []
     restrictions = tensorrt_restrictions(model, trt)
-    # the CPU schedule's clip Loop has a dynamic scan output, which TensorRT's parser refuses
+    # the CPU schedule is for onnxruntime (its clip Loop has a dynamic scan output, which TensorRT's parser refuses)
     assert ("tensorrt" in targets) == (schedule == "gpu") == ("Loop" not in restrictions)
     print(f"{precision}{' tta' if tta else ''} {schedule}: TensorRT restrictions of used ops: {restrictions}")
     used = {n.op_type for n in model.graph.node}

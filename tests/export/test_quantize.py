@@ -68,15 +68,13 @@ def test_int8_tta_model_runs_and_agrees(int8, exported, reference):
 
 def test_int8_cpu_schedule_keeps_the_pass_loop(int8, exported, reference):
     """A CPU-schedule TTA model is calibrated in its batched form and looped again: the quantised
-    convolutions (weights dequantised inside the body) run one clip and one pass at a time."""
-    from asc_deploy.export.clip_loop import batch_clips, has_clip_loop
+    convolutions (weights dequantised inside the body) run one pass at a time."""
     from asc_deploy.export.loop import LOOP_NODE, has_pass_loop
     from asc_deploy.export.pools import is_pool
     from asc_deploy.stripes import tta_stripes
 
-    clip_looped = onnx.load(str(int8(True, "cpu")))
-    quantized = batch_clips(clip_looped)
-    assert has_clip_loop(clip_looped) and has_pass_loop(quantized)
+    quantized = onnx.load(str(int8(True, "cpu")))
+    assert has_pass_loop(quantized)
     loop = next(n for n in quantized.graph.node if n.name == LOOP_NODE)
     body = loop.attribute[0].g
     assert sum(n.op_type in QDQ for n in body.node) > 10 and not [n for n in quantized.graph.node if n.op_type in QDQ]
@@ -89,6 +87,21 @@ def test_int8_cpu_schedule_keeps_the_pass_loop(int8, exported, reference):
     looped = ort.InferenceSession(str(int8(True, "cpu")), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     fp32 = ort.InferenceSession(str(exported("ce", "fp32", True, "cpu")), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     assert looped.argmax() == fp32.argmax() and np.abs(looped - fp32).max() <= 0.1
+
+
+def test_int8_cpu_schedule_single_pass_keeps_the_clip_loop(int8, exported, reference):
+    """A CPU-schedule single-pass model is calibrated with its clips batched and looped again: the
+    quantised convolutions run one clip at a time, with the fp32 model's top class."""
+    from asc_deploy.export.clip_loop import CLIP_LOOP_NODE, has_clip_loop
+
+    quantized = onnx.load(str(int8(False, "cpu")))
+    assert has_clip_loop(quantized)
+    body = next(n for n in quantized.graph.node if n.name == CLIP_LOOP_NODE).attribute[0].g
+    assert sum(n.op_type in QDQ for n in body.node) > 10 and not [n for n in quantized.graph.node if n.op_type in QDQ]
+    waves = np.stack([reference["wave/10_short1s"], reference["wave/10_short1s"][::-1]])
+    looped = ort.InferenceSession(str(int8(False, "cpu")), providers=["CPUExecutionProvider"]).run(["probs"], {"waveform": waves})[0]
+    fp32 = ort.InferenceSession(str(exported("ce", "fp32", False, "cpu")), providers=["CPUExecutionProvider"]).run(["probs"], {"waveform": waves})[0]
+    assert looped.shape == (2, 10) and (looped.argmax(1) == fp32.argmax(1)).all() and np.abs(looped - fp32).max() <= 0.1
 
 
 def test_quantize_refuses_bad_arguments_early(exported, calibration_dir, tmp_path):

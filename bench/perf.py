@@ -9,8 +9,8 @@ Rows:
    included, as SP4ASC's model computes its spectrogram inside ``forward``);
 2. the exported ONNX models in onnxruntime (CPU provider) at fp32, fp16 and int8: the
    single-pass graph, and the TTA graph with all passes in one call (stripes drawn on the host),
-   exported with the CPU schedule (clips and TTA passes run one at a time in ONNX Loops, first
-   blocks in channel groups) and/or the GPU schedule (whole tensors, passes batched), see
+   exported with the CPU schedule (a single-pass graph's clips and a TTA graph's passes run one
+   at a time in an ONNX Loop, first blocks in channel groups) and/or the GPU schedule (whole tensors, passes batched), see
    :class:`asc_deploy.export.onnx_export.Schedule`; fp16 always with the GPU schedule. A batched
    TTA call over many clips is split into calls of fewer clips when its activations would exceed
    ``memory_budget_gb`` (the row's note says so);
@@ -522,7 +522,7 @@ def _int_list(text: str) -> list[int]:
 @click.option("--threads", default=2, show_default=True, help="Intra-op threads of torch, onnxruntime and the GEMM.")
 @click.option("--precisions", default=",".join(PRECISIONS), show_default=True, help="ONNX precisions to measure.")
 @click.option("--schedules", default="cpu", show_default=True,
-              help="Export schedules of the ONNX rows, comma-separated: cpu (cache-sized: clips and TTA passes in Loops), gpu (batched).")
+              help="Export schedules of the ONNX rows, comma-separated: cpu (cache-sized: clips or TTA passes in a Loop), gpu (batched).")
 @click.option("--calibration-data", type=click.Path(file_okay=False), default=None,
               help="Data set folder whose training split calibrates int8 (default: a small synthetic one).")
 @click.option("--row-budget-s", default=120.0, show_default=True, help="A row stops repeating after this long (>= 3 calls).")

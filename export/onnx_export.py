@@ -61,8 +61,8 @@ class Schedule(str, enum.Enum):
     per clip than one clip per call (single pass, 2 threads, separate processes: 250-297 ms per
     call of 16 clips against 153-180 ms looped). A TTA model keeps its clips batched inside the
     pass loop: with the clips looped around it, 16 clips of TTA-30 took 3.4-7.0 s per call against
-    5.1-5.5 s (one call per process, alternating), and 6.4-6.6 s in both benchmark runs (every
-    call, 2 rounds, spread 1.01-1.04) against 4.3 s for the batched form in an earlier run.
+    5.1-5.5 s (one call per process, alternating), and 6.4-6.6 s in two benchmark runs (2 rounds,
+    spread 1.01-1.04) against 4.3-5.0 s batched in others.
     """
 
     GPU = "gpu"

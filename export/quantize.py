@@ -17,8 +17,8 @@ the quantised convolutions.
 
 Activation ranges are calibrated (min/max) on a bounded number of clips of the TRAINING split of
 a data set folder in the TAU 2020 Mobile layout (:func:`asc_deploy.train.dataset.read_split`),
-one clip per calibration batch. A CPU-schedule model, whose clips (and TTA passes) run in Loops,
-is calibrated and quantised in its batched form and looped again. The result carries the fp32
+one clip per calibration batch. A CPU-schedule model, whose clips (single pass) or TTA passes run
+in a Loop, is calibrated and quantised in its batched form and looped again. The result carries the fp32
 model's metadata with ``precision`` set to "int8", and is written atomically.
 """
 

@@ -25,17 +25,12 @@ from collections.abc import Callable
 import onnx
 from onnx import TensorProto, helper
 
+from asc_deploy.export.loop import detached_copy
+
 CLIP_SCOPE = "/clip_loop/"
 CLIP_LOOP_NODE = f"{CLIP_SCOPE}Loop"
 _ITER, _COND_IN, _COND_OUT = (f"{CLIP_SCOPE}{n}" for n in ("iteration", "cond_in", "cond_out"))
 _CLIP = "/clip"  # suffix of a batched input's or an output's name inside the body
-
-
-def _copy(proto):
-    """A detached copy (elements of a repeated field must not outlive its clearing)."""
-    copy = type(proto)()
-    copy.CopyFrom(proto)
-    return copy
 
 
 def has_clip_loop(model: onnx.ModelProto) -> bool:
@@ -70,7 +65,7 @@ def loop_over_clips(model: onnx.ModelProto) -> onnx.ModelProto:
     if not batched:
         raise ValueError(f"no input has the outputs' batch axis {batch.pop()!r} first")
     inside = {name: name + _CLIP for name in batched} | {o.name: o.name + _CLIP for o in graph.output}
-    nodes = [_copy(n) for n in graph.node]
+    nodes = [detached_copy(n) for n in graph.node]
     _rename_inputs(nodes, lambda name: inside.get(name, name))
     for node in nodes:
         node.output[:] = [inside.get(o, o) for o in node.output]
@@ -81,7 +76,7 @@ def loop_over_clips(model: onnx.ModelProto) -> onnx.ModelProto:
                for k, name in enumerate(batched)]
     scan_outputs = []
     for output in graph.output:
-        clip = _copy(output)
+        clip = detached_copy(output)
         clip.name = inside[output.name]
         clip.type.tensor_type.shape.dim[0].Clear()
         clip.type.tensor_type.shape.dim[0].dim_value = 1
@@ -91,9 +86,9 @@ def loop_over_clips(model: onnx.ModelProto) -> onnx.ModelProto:
         "clip",
         [helper.make_tensor_value_info(_ITER, TensorProto.INT64, []), helper.make_tensor_value_info(_COND_IN, TensorProto.BOOL, [])],
         [helper.make_tensor_value_info(_COND_OUT, TensorProto.BOOL, []), *scan_outputs],
-        initializer=[_copy(t) for t in graph.initializer]
+        initializer=[detached_copy(t) for t in graph.initializer]
         + [helper.make_tensor(f"{p}axis0", TensorProto.INT64, [1], [0]), helper.make_tensor(f"{p}one", TensorProto.INT64, [1], [1])],
-        value_info=[_copy(v) for v in graph.value_info],
+        value_info=[detached_copy(v) for v in graph.value_info],
     )
     stacked = [f"{p}{o.name}_stacked" for o in graph.output]
     outer = [
@@ -114,18 +109,18 @@ def batch_clips(model: onnx.ModelProto) -> onnx.ModelProto:
     the order of initializers)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    loop = next((_copy(n) for n in graph.node if n.name == CLIP_LOOP_NODE), None)
+    loop = next((detached_copy(n) for n in graph.node if n.name == CLIP_LOOP_NODE), None)
     if loop is None:
         raise ValueError(f"no {CLIP_LOOP_NODE} node: not a graph made by loop_over_clips")
     body = next(attr.g for attr in loop.attribute if attr.name == "body")
     outside = {o: o.removesuffix(_CLIP) for o in (*(n.output[0] for n in body.node if n.op_type == "Slice" and n.name.startswith(CLIP_SCOPE)),
                                                    *(o.name for o in body.output[1:]))}
-    nodes = [_copy(n) for n in body.node if not n.name.startswith(CLIP_SCOPE)]
+    nodes = [detached_copy(n) for n in body.node if not n.name.startswith(CLIP_SCOPE)]
     _rename_inputs(nodes, lambda name: outside.get(name, name))
     for node in nodes:
         node.output[:] = [outside.get(o, o) for o in node.output]
     del graph.node[:], graph.initializer[:]
     graph.node.extend(nodes)
-    graph.initializer.extend(_copy(t) for t in body.initializer if not t.name.startswith(CLIP_SCOPE))
-    graph.value_info.extend(_copy(v) for v in body.value_info)
+    graph.initializer.extend(detached_copy(t) for t in body.initializer if not t.name.startswith(CLIP_SCOPE))
+    graph.value_info.extend(detached_copy(v) for v in body.value_info)
     return model

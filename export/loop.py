@@ -27,7 +27,7 @@ LOOP_NODE = f"{LOOP_SCOPE}Loop"
 _ITER, _COND_IN, _ACC_IN, _COND_OUT, _ACC_OUT = (f"{LOOP_SCOPE}{n}" for n in ("iteration", "cond_in", "sum_in", "cond_out", "sum_out"))
 
 
-def _copy(proto):
+def detached_copy(proto):
     """A detached copy (elements of a repeated field must not outlive its clearing)."""
     copy = type(proto)()
     copy.CopyFrom(proto)
@@ -104,7 +104,7 @@ def loop_over_passes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of a batched TTA ``model`` whose pass scorer runs in a Loop, one pass per iteration."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    nodes = [_copy(n) for n in graph.node]
+    nodes = [detached_copy(n) for n in graph.node]
     a, b, body_indices = _boundary(graph, nodes)
     classes = _classes(graph)
     body_nodes = [nodes[i] for i in sorted(body_indices)]
@@ -160,7 +160,7 @@ def loop_over_passes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ValueError(f"the pass scorer's output {b!r} must feed a node that averages the passes")
     del graph.node[:]
     graph.node.extend(outer)
-    kept = [_copy(t) for t in graph.initializer if t.name not in moved_names]
+    kept = [detached_copy(t) for t in graph.initializer if t.name not in moved_names]
     del graph.initializer[:]
     graph.initializer.extend([*kept, c("zero", [0], []), c("one", [1]), c("two", [2]), c("classes", [classes])])
     return model
@@ -171,19 +171,19 @@ def batch_passes(model: onnx.ModelProto) -> onnx.ModelProto:
     to node order)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    loop = next((_copy(n) for n in graph.node if n.name == LOOP_NODE), None)
+    loop = next((detached_copy(n) for n in graph.node if n.name == LOOP_NODE), None)
     if loop is None:
         raise ValueError(f"no {LOOP_NODE} node: not a graph made by loop_over_passes")
     body = next(attr.g for attr in loop.attribute if attr.name == "body")
     gather = next(n for n in body.node if n.name == f"{LOOP_SCOPE}Gather")
     add = next(n for n in body.node if n.name == f"{LOOP_SCOPE}Add")
     a, a_pass, b = gather.input[0], gather.output[0], add.input[1]
-    scorer = [_copy(n) for n in body.node if not n.name.startswith(LOOP_SCOPE)]
+    scorer = [detached_copy(n) for n in body.node if not n.name.startswith(LOOP_SCOPE)]
     for node in scorer:
         node.input[:] = [a if i == a_pass else i for i in node.input]
-    body_initializers = [_copy(t) for t in body.initializer if not t.name.startswith(LOOP_SCOPE)]
+    body_initializers = [detached_copy(t) for t in body.initializer if not t.name.startswith(LOOP_SCOPE)]
     outer = []
-    for node in [_copy(n) for n in graph.node]:
+    for node in [detached_copy(n) for n in graph.node]:
         if node.name == LOOP_NODE:
             outer.extend(scorer)
         elif not node.name.startswith(LOOP_SCOPE):
@@ -191,7 +191,7 @@ def batch_passes(model: onnx.ModelProto) -> onnx.ModelProto:
             outer.append(node)
     del graph.node[:]
     graph.node.extend(outer)
-    kept = [_copy(t) for t in graph.initializer if not t.name.startswith(LOOP_SCOPE)]
+    kept = [detached_copy(t) for t in graph.initializer if not t.name.startswith(LOOP_SCOPE)]
     del graph.initializer[:]
     graph.initializer.extend([*kept, *body_initializers])
     return model

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import onnx
 from onnx import TensorProto, helper
 
-from asc_deploy.export.loop import detached_copy
+from asc_deploy.export.loop import copy_with_loop_body, detached_copy
 
 CLIP_SCOPE = "/clip_loop/"
 CLIP_LOOP_NODE = f"{CLIP_SCOPE}Loop"
@@ -107,12 +107,8 @@ def loop_over_clips(model: onnx.ModelProto) -> onnx.ModelProto:
 def batch_clips(model: onnx.ModelProto) -> onnx.ModelProto:
     """The batched graph of a ``model`` made by :func:`loop_over_clips` (its exact inverse up to
     the order of initializers)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model, body = copy_with_loop_body(model, CLIP_LOOP_NODE, "loop_over_clips")
     graph = model.graph
-    loop = next((detached_copy(n) for n in graph.node if n.name == CLIP_LOOP_NODE), None)
-    if loop is None:
-        raise ValueError(f"no {CLIP_LOOP_NODE} node: not a graph made by loop_over_clips")
-    body = next(attr.g for attr in loop.attribute if attr.name == "body")
     outside = {o: o.removesuffix(_CLIP) for o in (*(n.output[0] for n in body.node if n.op_type == "Slice" and n.name.startswith(CLIP_SCOPE)),
                                                    *(o.name for o in body.output[1:]))}
     nodes = [detached_copy(n) for n in body.node if not n.name.startswith(CLIP_SCOPE)]

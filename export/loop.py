@@ -34,6 +34,16 @@ def detached_copy(proto):
     return copy
 
 
+def copy_with_loop_body(model: onnx.ModelProto, loop_node: str, made_by: str) -> tuple[onnx.ModelProto, onnx.GraphProto]:
+    """A copy of ``model`` and the body of its Loop named ``loop_node`` (ValueError naming the
+    transformation ``made_by`` when there is none)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    loop = next((detached_copy(n) for n in model.graph.node if n.name == loop_node), None)
+    if loop is None:
+        raise ValueError(f"no {loop_node} node: not a graph made by {made_by}")
+    return model, next(attr.g for attr in loop.attribute if attr.name == "body")
+
+
 def has_pass_loop(model: onnx.ModelProto) -> bool:
     return any(node.name == LOOP_NODE for node in model.graph.node)
 
@@ -169,12 +179,8 @@ def loop_over_passes(model: onnx.ModelProto) -> onnx.ModelProto:
 def batch_passes(model: onnx.ModelProto) -> onnx.ModelProto:
     """The batched TTA graph of a ``model`` made by :func:`loop_over_passes` (its exact inverse up
     to node order)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model, body = copy_with_loop_body(model, LOOP_NODE, "loop_over_passes")
     graph = model.graph
-    loop = next((detached_copy(n) for n in graph.node if n.name == LOOP_NODE), None)
-    if loop is None:
-        raise ValueError(f"no {LOOP_NODE} node: not a graph made by loop_over_passes")
-    body = next(attr.g for attr in loop.attribute if attr.name == "body")
     gather = next(n for n in body.node if n.name == f"{LOOP_SCOPE}Gather")
     add = next(n for n in body.node if n.name == f"{LOOP_SCOPE}Add")
     a, a_pass, b = gather.input[0], gather.output[0], add.input[1]

@@ -20,7 +20,7 @@ scan output (clips, 1, ...); a Squeeze of axis 1 gives each output its name and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import onnx
 from onnx import TensorProto, helper
@@ -37,7 +37,7 @@ def has_clip_loop(model: onnx.ModelProto) -> bool:
     return any(node.name == CLIP_LOOP_NODE for node in model.graph.node)
 
 
-def _rename_inputs(nodes, rename: Callable[[str], str]) -> None:
+def _rename_inputs(nodes: Iterable[onnx.NodeProto], rename: Callable[[str], str]) -> None:
     """Rename the inputs of ``nodes`` and of every node of their subgraphs (a nested Loop's body
     reads outer names too), in place."""
     for node in nodes:
@@ -48,6 +48,7 @@ def _rename_inputs(nodes, rename: Callable[[str], str]) -> None:
 
 
 def _batch_axis(value: onnx.ValueInfoProto) -> str:
+    """The name of ``value``'s first dimension ("" when it is a number, unnamed or absent)."""
     dims = value.type.tensor_type.shape.dim
     return dims[0].dim_param if dims else ""
 

@@ -10,10 +10,10 @@ Rows:
 2. the exported ONNX models in onnxruntime (CPU provider) at fp32, fp16 and int8: the
    single-pass graph, and the TTA graph with all passes in one call (stripes drawn on the host),
    exported with the CPU schedule (a single-pass graph's clips and a TTA graph's passes run one
-   at a time in an ONNX Loop, first blocks in channel groups) and/or the GPU schedule (whole tensors, passes batched), see
-   :class:`asc_deploy.export.onnx_export.Schedule`; fp16 always with the GPU schedule. A batched
-   TTA call over many clips is split into calls of fewer clips when its activations would exceed
-   ``memory_budget_gb`` (the row's note says so);
+   at a time in an ONNX Loop, first blocks in channel groups) and/or the GPU schedule (whole
+   tensors, passes batched), see :class:`asc_deploy.export.onnx_export.Schedule`; fp16 always
+   with the GPU schedule. A batched TTA call over many clips is split into calls of fewer clips
+   when its activations would exceed ``memory_budget_gb`` (the row's note says so);
 3. the floor: the work of the row (2 x CNN MACs per pass, the frontend once per clip with its
    FFT counted at 5 N log2 N flops per frame (N = n_fft) and its mel filterbank at 2 x (N/2 + 1)
    x mel_bins flops per frame) divided by the best fp32 GEMM throughput measured in the same run

@@ -32,14 +32,18 @@ so that a change of machine load hits all of them alike; ``spread`` is the slowe
 over the fastest.
 
 Epochs (the data set's train split in the config's batches and sampler order, then the
-evaluate split scored in asc-train's evaluation batches,
-:func:`~asc_deploy.train.trainer.evaluation_batch_size`; ``epoch_rounds`` epochs of each,
-alternating): SP4ASC's eager loop
+evaluate split scored; ``epoch_rounds`` epochs of each, alternating): SP4ASC's eager loop
 (DataLoader reading the waveforms, torchlibrosa frontend every step and every evaluation, SP4ASC's
-block form, default malloc) against asc-train's (:func:`asc_deploy.train.trainer.train_epoch` and
+block form, default malloc; evaluation in the training batch, as SP4ASC's train.py builds its test
+loader) against asc-train's (:func:`asc_deploy.train.trainer.train_epoch` and
 :func:`~asc_deploy.train.trainer.predict` on :class:`LogMelBatches`, CROSS form, freed memory
-kept). The log-mel cache's one-off cost is its own row, and the last row spreads it over the
-config's epochs.
+kept, evaluation in :func:`~asc_deploy.train.trainer.evaluation_batch_size`'s batches). The
+log-mel cache's one-off cost is its own row, and the last row spreads it over the config's epochs.
+
+"Default malloc" rows run after asc-train's rows have left :func:`~asc_deploy.allocator.freed_memory_kept`
+in the same process, so malloc is then in the state that block leaves (blocks up to 32 MiB from
+the heap: an untuned process's once its dynamic mmap threshold has settled; SP4ASC's demo epoch
+in such a process and in a fresh one: 57 and 64 s against 57 and 84 s of training, alternating).
 """
 
 from __future__ import annotations
@@ -219,7 +223,7 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
             train_step(sp4asc, sp4asc_optimizer, scaler, features, labels, fp32)
         sp4asc.eval()
         with torch.no_grad():
-            for waveform, _, _ in DataLoader(eval_set, batch_size=eval_batch, num_workers=workers):
+            for waveform, _, _ in DataLoader(eval_set, batch_size=config.batch_size, num_workers=workers):
                 torch.softmax(sp4asc(theirs(waveform)), dim=-1)
         sp4asc.train()
 
@@ -247,10 +251,10 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
                 run(epoch)
                 times[key].append([time.perf_counter() - started])
             progress(f"epoch {epoch} {key}: {times[key][-1][0]:.1f} s")
-    work = f"{len(train_set)} train clips in batches of {config.batch_size}, {len(eval_set)} evaluate clips in batches of {eval_batch}"
+    work = f"{len(train_set)} train and {len(eval_set)} evaluate clips in batches of {config.batch_size}"
     sp4asc_row = _row(f"{BASELINE} loop, epoch", times["sp4asc"], f"{work}; frontend every step, default malloc, float32", speedup=1.0)
-    ours = _row("asc-train epoch", times["ours"], f"the same steps ({precision_name(device, config.mixed_precision)}) and evaluation on cached log-mel", speedup=sp4asc_row.median / max(
-        float(np.median(times["ours"])), 1e-9))
+    ours = _row("asc-train epoch", times["ours"], f"the same steps ({precision_name(device, config.mixed_precision)}) and evaluation "
+                f"(in batches of {eval_batch}) on cached log-mel", speedup=sp4asc_row.median / max(float(np.median(times["ours"])), 1e-9))
     amortised = ours.median + cache_s / config.epochs
     return [
         sp4asc_row, ours,

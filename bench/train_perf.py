@@ -27,6 +27,12 @@ batch):
    floor leaves out. The floor stays float32's for the bfloat16 rows: a CPU's bf16 GEMM peak is
    higher (about 2x on AVX512-BF16), so those rows' "x floor" flatters them by up to that much.
 
+Everything runs under the OpenMP wait policy of the environment, as asc-train and SP4ASC's scripts
+do (unset: libgomp's worker threads spin a while before they sleep). ``asc-bench --perf`` sets
+OMP_WAIT_POLICY=PASSIVE for its torch rows, which suits a loaded machine; it is not what a training
+run gets, and costs asc-train's step of 4 clips 20-40 % here (68-81 against 86-131 ms, alternating
+processes), where a step is a few hundred short parallel regions.
+
 Rows are measured round-robin (``rounds`` rounds of ``iterations / rounds`` calls after warm-up)
 so that a change of machine load hits all of them alike; ``spread`` is the slowest round median
 over the fastest.
@@ -52,6 +58,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -61,7 +68,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from asc_deploy.bench.perf import NOISY_SPREAD, gemm_gflops, machine, make_clips, measure, passive_openmp_waits, work_flops
+from asc_deploy.bench.perf import NOISY_SPREAD, gemm_gflops, machine, make_clips, measure, work_flops
 from asc_deploy.errors import AscError
 from asc_deploy.extras import require_extras
 from asc_deploy.labels import NUM_CLASSES
@@ -267,7 +274,8 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
 # ------------------------------------------------------------------------------------ report
 def table(steps: Sequence[TrainRow], epochs: Sequence[TrainRow], gemm: Sequence[float], threads: int, batch: int,
           seconds: float, load: tuple[float, float]) -> list[str]:
-    lines = [f"machine: {machine()}; threads: {threads}; load average {load[0]:.1f} -> {load[1]:.1f}; GEMM fp32 best "
+    omp = os.environ.get("OMP_WAIT_POLICY", "unset")
+    lines = [f"machine: {machine()}; threads: {threads}; load average {load[0]:.1f} -> {load[1]:.1f}; OMP_WAIT_POLICY {omp}; GEMM fp32 best "
              f"{max(gemm):.0f} GFLOP/s (measured {len(gemm)}x: {', '.join(f'{g:.0f}' for g in gemm)})",
              f"training step: {batch} clips of {seconds:g} s, forward + backward + AdamW",
              f"{'row':<38} {'median ms':>10} {'p95 ms':>9} {'runs':>4} {'spread':>6} {'speed-up':>8} {'x floor':>7}  note"]
@@ -311,7 +319,6 @@ def _load_average() -> float:
 def main(config_name: str, data: Path | None, batch: int, seconds: float, threads: int, iterations: int, rounds: int,
          epoch_rounds: int, gemm_sizes: str, report_path: str | None) -> None:
     """asc-train's training step and epoch against SP4ASC's eager ones and the compute floor."""
-    passive_openmp_waits()
     try:
         require_extras("the training benchmark", "bench", "train")
         from asc_deploy.bench.perf import _int_list

@@ -110,21 +110,16 @@ def _allocator(kept: bool) -> contextlib.AbstractContextManager:
 
 
 def _models(config, forms: Sequence) -> list:
-    """One (model, optimiser) per block form, all from the config's seed (the same weights): the
-    SP4ASC form with torch's default AdamW (SP4ASC's), the CROSS form with asc-train's
-    (:func:`~asc_deploy.train.trainer.adamw`)."""
+    """One (model, optimiser) per block form, all from the config's seed (the same weights)."""
     import torch
 
-    from asc_deploy.models.cnn6 import BlockForm, Cnn6
-    from asc_deploy.train.trainer import adamw
+    from asc_deploy.models.cnn6 import Cnn6
 
     made = []
     for form in forms:
         torch.manual_seed(config.seed)
         model = Cnn6(dropout=config.dropout, spec_aug=config.spec_aug, block_form=form).train()
-        optimizer = adamw(model, config) if form is BlockForm.CROSS else torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        made.append((model, optimizer))
+        made.append((model, torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)))
     return made
 
 

@@ -105,17 +105,6 @@ def precision_name(device: torch.device, mixed_precision: str) -> str:
     return "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
-def adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """asc-train's optimiser for ``model`` (all parameters on one device): AdamW with the config's
-    learning rate and weight decay, torch's fused implementation (one kernel per parameter
-    instead of about ten ops each: at the demo's batch of 4 on 2 CPU threads, 1,867 instead of
-    2,489 aten calls per step and 0.8 instead of 2.0 ms in the optimiser). The same update as
-    the per-parameter loop to float rounding. The state dict differs only in the groups' ``fused``
-    flag, which ``load_state_dict`` restores: a checkpoint written before the optimiser was fused
-    resumes with the per-parameter loop it was trained with."""
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
-
-
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -408,7 +397,7 @@ class TrainingState:
         """Fresh state: weights drawn from ``config.seed``, AdamW, cosine schedule over the epochs."""
         torch.manual_seed(config.seed)
         model = Cnn6(dropout=config.dropout, spec_aug=config.spec_aug, block_form=BlockForm.CROSS).to(device)
-        optimizer = adamw(model, config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.eta_min)
         return cls(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, config.mixed_precision) is torch.float16))
 

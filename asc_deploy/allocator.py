@@ -47,12 +47,13 @@ def freed_memory_kept() -> Iterator[bool]:
     2 GiB), for the whole process. Peak resident memory stays what the work needs at its peak.
 
     On exit the free memory is returned (``malloc_trim``) and malloc behaves as an untuned
-    process does once it has freed a 32 MiB block (its dynamic mmap threshold settled): blocks up to 32 MiB from the heap,
-    larger ones mmapped (``M_MMAP_MAX`` back to its default, ``M_MMAP_THRESHOLD`` 32 MiB,
-    ``M_TRIM_THRESHOLD`` 64 MiB). glibc's defaults themselves cannot come back: any of these
-    mallopt calls turns the dynamic threshold off for good, and its fixed 128 KiB start would
-    then mmap and fault in every tensor afresh (the demo's SP4ASC epoch on 2 CPU threads: 101-110 s
-    of training after such a block against 72-79 s in a process that never entered one).
+    process does once it has freed a 32 MiB block (its dynamic mmap threshold settled there):
+    blocks up to 32 MiB from the heap, larger ones mmapped (``M_MMAP_MAX`` back to its default,
+    ``M_MMAP_THRESHOLD`` 32 MiB, ``M_TRIM_THRESHOLD`` 64 MiB). glibc's defaults themselves
+    cannot come back: any of these mallopt calls turns the dynamic threshold off for good, and
+    its fixed 128 KiB start would then mmap and fault in every tensor afresh (the demo's SP4ASC
+    epoch on 2 CPU threads: 98-113 s of training after such a block against 72-79 s in a
+    process that never entered one).
 
     Yields True when applied, False where the C library is not glibc (then nothing changes).
     """

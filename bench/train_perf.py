@@ -46,10 +46,11 @@ loader) against asc-train's (:func:`asc_deploy.train.trainer.train_epoch` and
 kept, evaluation in :func:`~asc_deploy.train.trainer.evaluation_batch_size`'s batches). The
 log-mel cache's one-off cost is its own row, and the last row spreads it over the config's epochs.
 
-"Default malloc" rows run after asc-train's rows have left :func:`~asc_deploy.allocator.freed_memory_kept`
-in the same process, so malloc is then in the state that block leaves (blocks up to 32 MiB from
-the heap: an untuned process's once its dynamic mmap threshold has settled; SP4ASC's demo epoch
-in such a process and in a fresh one: 57 and 64 s against 57 and 84 s of training, alternating).
+"Default malloc" rows run after asc-train's rows have left
+:func:`~asc_deploy.allocator.freed_memory_kept` in the same process, so malloc is then in the
+state that block leaves (blocks up to 32 MiB from the heap: an untuned process's once its dynamic
+mmap threshold has settled; SP4ASC's demo epoch in such a process and in a fresh one: 57 and 64 s
+against 57 and 84 s of training, alternating).
 """
 
 from __future__ import annotations

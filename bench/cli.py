@@ -332,7 +332,6 @@ def _perf(model: Path, data: Path | None, precisions: list[str] | None, nb_aug: 
     table and writes ``report_dir/perf.json``. Exits 1 with one line on a user error."""
     from asc_deploy.bench import perf
 
-    perf.passive_openmp_waits()
     try:
         if model.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"--perf needs a checkpoint as --model (it exports every precision itself), got {model}")

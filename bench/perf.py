@@ -25,7 +25,12 @@ all of them alike (the table header gives the load average at start and end). Ea
 ``spread`` (slowest over fastest round median) shows how much the machine's speed moved; the
 table warns when it exceeds :data:`NOISY_SPREAD`. Each row also
 reports the largest difference of its probabilities from the baseline's on the same clips and
-stripes, so a fast row that computes something else is visible.
+stripes, so a fast row that computes something else is visible. torch runs under the OpenMP wait
+policy of the environment, as SP4ASC's scripts do (the table's machine line prints it). This
+benchmark once set OMP_WAIT_POLICY=PASSIVE, which slowed the eager baseline and flattered every
+speed-up: one 10 s clip 193-207 against 152-188 ms, 16 clips 3.7-4.3 against 3.7-4.1 s
+(alternating processes, 2026-12-03). Set it yourself on a loaded machine, where spinning waiters
+collapse.
 """
 
 from __future__ import annotations
@@ -455,7 +460,7 @@ def table(rows: Sequence[PerfRow], gemm: Sequence[float] | None = None, threads:
     lines = []
     if gemm:
         load = f"; load average {load_average[0]:.1f} -> {load_average[1]:.1f}" if load_average else ""
-        omp = os.environ.get("OMP_WAIT_POLICY", "default")
+        omp = os.environ.get("OMP_WAIT_POLICY", "unset")
         lines.append(f"machine: {machine()}; threads: {threads}{load}; OMP_WAIT_POLICY {omp}; GEMM fp32 best {max(gemm):.0f} GFLOP/s "
                      f"(measured {len(gemm)}x in this run: {', '.join(f'{g:.0f}' for g in gemm)})")
         lines.append("floor = (2 x CNN MACs x passes + frontend (5 N log2 N FFT + 2 x 1025 x 256 mel) per frame) / best GEMM")
@@ -493,14 +498,6 @@ def write_report(out: str | Path, run: PerfRun) -> Path:
     return Path(out)
 
 
-def passive_openmp_waits() -> None:
-    """OMP_WAIT_POLICY=PASSIVE unless set, when torch (and its OpenMP) is not loaded yet: OpenMP
-    threads that spin-wait collapse when other processes share the cores (a 10 s clip took 1.2 s
-    instead of 0.17 s in eager torch on a loaded 2-core VM); sleeping waiters do not."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -534,7 +531,6 @@ def perf_command(checkpoint: str, iterations: int, warmup: int, report_path: str
                  gemm_sizes: str, baseline: bool, rounds: int) -> None:
     """Latency of SP4ASC's eager pipeline and of the ONNX models (fp32, fp16, int8; single pass and
     TTA) on CPU, with the speed-up over the baseline and the distance to the compute floor."""
-    passive_openmp_waits()
     try:
         run = measure_all(checkpoint, iterations, warmup, _int_list(batch_sizes), passes, seconds=seconds, threads=threads,
                           precisions=[p.strip() for p in precisions.split(",") if p.strip()],

@@ -28,10 +28,10 @@ batch):
    higher (about 2x on AVX512-BF16), so those rows' "x floor" flatters them by up to that much.
 
 Everything runs under the OpenMP wait policy of the environment, as asc-train and SP4ASC's scripts
-do (unset: libgomp's worker threads spin a while before they sleep). ``asc-bench --perf`` sets
-OMP_WAIT_POLICY=PASSIVE for its torch rows, which suits a loaded machine; it is not what a training
-run gets, and costs asc-train's step of 4 clips 20-40 % here (68-81 against 86-131 ms, alternating
-processes), where a step is a few hundred short parallel regions.
+do (unset: libgomp's worker threads spin a while before they sleep). OMP_WAIT_POLICY=PASSIVE,
+which suits a loaded machine, is not what a training run gets, and costs asc-train's step of 4
+clips 20-40 % here (68-81 against 86-131 ms, alternating processes), where a step is a few
+hundred short parallel regions.
 
 Rows are measured round-robin (``rounds`` rounds of ``iterations / rounds`` calls after warm-up)
 so that a change of machine load hits all of them alike; ``spread`` is the slowest round median

@@ -27,10 +27,10 @@ table warns when it exceeds :data:`NOISY_SPREAD`. Each row also
 reports the largest difference of its probabilities from the baseline's on the same clips and
 stripes, so a fast row that computes something else is visible. torch runs under the OpenMP wait
 policy of the environment, as SP4ASC's scripts do (the table's machine line prints it). This
-benchmark once set OMP_WAIT_POLICY=PASSIVE, which slowed the eager baseline and flattered every
-speed-up: one 10 s clip 193-207 against 152-188 ms, 16 clips 3.7-4.3 against 3.7-4.1 s
-(alternating processes, 2026-12-03). Set it yourself on a loaded machine, where spinning waiters
-collapse.
+benchmark once set OMP_WAIT_POLICY=PASSIVE, which slowed the eager baseline at batch 1 and
+flattered those speed-ups: one 10 s clip 193-207 against 152-188 ms (16 clips: 3.7-4.3 against
+3.7-4.1 s, within the noise; alternating processes, 2026-12-03). Set it yourself on a loaded
+machine, where spinning waiters collapse.
 """
 
 from __future__ import annotations

@@ -437,6 +437,11 @@ def measure_all(checkpoint: str | Path, iterations: int, warmup: int, batch_size
 
 
 # ------------------------------------------------------------------------------------ report
+def openmp_wait_policy() -> str:
+    """OMP_WAIT_POLICY as torch's OpenMP sees it from the environment ("unset" when absent)."""
+    return os.environ.get("OMP_WAIT_POLICY", "unset")
+
+
 def machine() -> str:
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -460,8 +465,7 @@ def table(rows: Sequence[PerfRow], gemm: Sequence[float] | None = None, threads:
     lines = []
     if gemm:
         load = f"; load average {load_average[0]:.1f} -> {load_average[1]:.1f}" if load_average else ""
-        omp = os.environ.get("OMP_WAIT_POLICY", "unset")
-        lines.append(f"machine: {machine()}; threads: {threads}{load}; OMP_WAIT_POLICY {omp}; GEMM fp32 best {max(gemm):.0f} GFLOP/s "
+        lines.append(f"machine: {machine()}; threads: {threads}{load}; OMP_WAIT_POLICY {openmp_wait_policy()}; GEMM fp32 best {max(gemm):.0f} GFLOP/s "
                      f"(measured {len(gemm)}x in this run: {', '.join(f'{g:.0f}' for g in gemm)})")
         lines.append("floor = (2 x CNN MACs x passes + frontend (5 N log2 N FFT + 2 x 1025 x 256 mel) per frame) / best GEMM")
     header = (f"{'path':<34} {'batch':>5} {'median ms':>10} {'p95 ms':>9} {'runs':>4} {'spread':>6} {'speed-up':>8} "

@@ -59,7 +59,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,7 +68,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from asc_deploy.bench.perf import NOISY_SPREAD, gemm_gflops, machine, make_clips, measure, work_flops
+from asc_deploy.bench.perf import NOISY_SPREAD, gemm_gflops, machine, make_clips, measure, openmp_wait_policy, work_flops
 from asc_deploy.errors import AscError
 from asc_deploy.extras import require_extras
 from asc_deploy.labels import NUM_CLASSES
@@ -270,8 +269,8 @@ def measure_epochs(config, data: Path, threads: int = 2, epoch_rounds: int = 2,
 # ------------------------------------------------------------------------------------ report
 def table(steps: Sequence[TrainRow], epochs: Sequence[TrainRow], gemm: Sequence[float], threads: int, batch: int,
           seconds: float, load: tuple[float, float]) -> list[str]:
-    omp = os.environ.get("OMP_WAIT_POLICY", "unset")
-    lines = [f"machine: {machine()}; threads: {threads}; load average {load[0]:.1f} -> {load[1]:.1f}; OMP_WAIT_POLICY {omp}; GEMM fp32 best "
+    lines = [f"machine: {machine()}; threads: {threads}; load average {load[0]:.1f} -> {load[1]:.1f}; "
+             f"OMP_WAIT_POLICY {openmp_wait_policy()}; GEMM fp32 best "
              f"{max(gemm):.0f} GFLOP/s (measured {len(gemm)}x: {', '.join(f'{g:.0f}' for g in gemm)})",
              f"training step: {batch} clips of {seconds:g} s, forward + backward + AdamW",
              f"{'row':<38} {'median ms':>10} {'p95 ms':>9} {'runs':>4} {'spread':>6} {'speed-up':>8} {'x floor':>7}  note"]
